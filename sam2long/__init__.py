@@ -1,0 +1,1 @@
+"""SAM2Long: a training-free memory tree on top of SAM 2 (see README)."""

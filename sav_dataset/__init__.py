@@ -1,0 +1,1 @@
+"""SA-V / LVOS / DAVIS evaluation utilities."""

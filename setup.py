@@ -1,0 +1,38 @@
+"""Packaging for SAM2Long: our SAM 2 implementation (``sam2``) plus the memory tree (``sam2long``)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+REQUIRED = [
+    "torch>=2.3",
+    "torchvision>=0.18",
+    "hydra-core>=1.3.2",
+    "iopath>=0.1.10",
+    "numpy>=1.24",
+    "pillow>=9.4",
+    "tqdm>=4.66",
+    "opencv-python-headless>=4.7",
+]
+
+EXTRAS = {
+    "dev": ["pytest>=7", "ruff>=0.4", "pycocotools>=2.0.7"],
+    "hf": ["huggingface_hub>=0.20"],
+}
+
+setup(
+    name="sam2long",
+    version="0.1.0",
+    description="SAM2Long: a training-free memory tree for SAM 2 video object segmentation",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["sam2", "sam2.*", "sam2long", "sam2long.*", "sav_dataset", "sav_dataset.*"]),
+    package_data={"sam2": ["*.yaml", "configs/**/*.yaml"], "sam2long": ["*.yaml"]},
+    include_package_data=True,
+    install_requires=REQUIRED,
+    extras_require=EXTRAS,
+    python_requires=">=3.10",
+)
