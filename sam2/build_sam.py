@@ -1,0 +1,184 @@
+"""Build SAM 2 models from hydra configs and (official) checkpoints.
+
+Config names are resolved by hydra inside the ``sam2`` package, e.g.
+``configs/sam2.1/sam2.1_hiera_t.yaml`` or the legacy ``sam2_hiera_t.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import torch
+from hydra import compose
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+import sam2  # noqa: F401  (registers the package as hydra's config module)
+
+# Hugging Face model id -> (config name, checkpoint file name in that repo).
+HF_MODEL_ID_TO_FILENAMES: dict[str, tuple[str, str]] = {
+    "facebook/sam2-hiera-tiny": ("configs/sam2/sam2_hiera_t.yaml", "sam2_hiera_tiny.pt"),
+    "facebook/sam2-hiera-small": ("configs/sam2/sam2_hiera_s.yaml", "sam2_hiera_small.pt"),
+    "facebook/sam2-hiera-base-plus": ("configs/sam2/sam2_hiera_b+.yaml", "sam2_hiera_base_plus.pt"),
+    "facebook/sam2-hiera-large": ("configs/sam2/sam2_hiera_l.yaml", "sam2_hiera_large.pt"),
+    "facebook/sam2.1-hiera-tiny": ("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt"),
+    "facebook/sam2.1-hiera-small": ("configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt"),
+    "facebook/sam2.1-hiera-base-plus": (
+        "configs/sam2.1/sam2.1_hiera_b+.yaml",
+        "sam2.1_hiera_base_plus.pt",
+    ),
+    "facebook/sam2.1-hiera-large": ("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
+}
+
+# Mask-decoder post-processing used for inference: fall back to the multimask output when
+# the single-mask prediction is unstable.
+_DYNAMIC_MULTIMASK_OVERRIDES = [
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+]
+
+# Extra video post-processing: encode click-derived masks as the binary masks users see,
+# and fill small holes in the low-res masks.
+_VIDEO_POSTPROCESSING_OVERRIDES = [
+    "++model.binarize_mask_from_pts_for_mem_enc=true",
+    "++model.fill_hole_area=8",
+]
+
+
+def _default_device() -> str:
+    """CUDA when present, else CPU (upstream hard-codes "cuda")."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _build(
+    config_file: str,
+    overrides: list[str],
+    ckpt_path: Optional[Union[str, os.PathLike]],
+    device: Optional[Union[str, torch.device]],
+    mode: str,
+) -> nn.Module:
+    """Compose the config, instantiate the model, load weights, move and set the mode."""
+    cfg = compose(config_name=config_file, overrides=overrides)
+    OmegaConf.resolve(cfg)
+    model = instantiate(cfg.model, _recursive_=True)
+    _load_checkpoint(model, ckpt_path)
+    model = model.to(device if device is not None else _default_device())
+    if mode == "eval":
+        model.eval()
+    return model
+
+
+def build_sam2(
+    config_file: str,
+    ckpt_path: Optional[Union[str, os.PathLike]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    mode: str = "eval",
+    hydra_overrides_extra: Sequence[str] = (),
+    apply_postprocessing: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a ``SAM2Base`` (image model) from a config name and optional checkpoint.
+
+    ``device=None`` picks CUDA when available, else CPU.
+    """
+    overrides = list(hydra_overrides_extra)
+    if apply_postprocessing:
+        overrides += _DYNAMIC_MULTIMASK_OVERRIDES
+    return _build(config_file, overrides, ckpt_path, device, mode)
+
+
+def build_sam2_video_predictor(
+    config_file: str,
+    ckpt_path: Optional[Union[str, os.PathLike]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    mode: str = "eval",
+    hydra_overrides_extra: Sequence[str] = (),
+    apply_postprocessing: bool = True,
+    vos_optimized: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a ``SAM2VideoPredictor`` (or the compiled VOS variant with ``vos_optimized``).
+
+    With ``vos_optimized`` the image encoder is compiled only when the model goes to a CUDA
+    device (upstream always compiles, which is slow or unsupported elsewhere).
+    """
+    device = device if device is not None else _default_device()
+    if vos_optimized:
+        overrides = ["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictorVOS"]
+        if torch.device(device).type == "cuda":
+            overrides.append("++model.compile_image_encoder=True")
+    else:
+        overrides = ["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor"]
+    extra = list(hydra_overrides_extra)
+    if apply_postprocessing:
+        extra += _DYNAMIC_MULTIMASK_OVERRIDES + _VIDEO_POSTPROCESSING_OVERRIDES
+    return _build(config_file, overrides + extra, ckpt_path, device, mode)
+
+
+def _hf_download(model_id: str) -> tuple[str, str]:
+    """Fetch a checkpoint from the Hugging Face hub; returns (config name, local path)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as err:
+        raise ImportError(
+            "Loading models from the Hugging Face hub needs `huggingface_hub` "
+            "(pip install huggingface_hub, or the package's [hf] extra)."
+        ) from err
+    if model_id not in HF_MODEL_ID_TO_FILENAMES:
+        known = ", ".join(sorted(HF_MODEL_ID_TO_FILENAMES))
+        raise ValueError(f"unknown model id {model_id!r}; known ids: {known}")
+    config_name, checkpoint_name = HF_MODEL_ID_TO_FILENAMES[model_id]
+    return config_name, hf_hub_download(repo_id=model_id, filename=checkpoint_name)
+
+
+def build_sam2_hf(model_id: str, **kwargs: Any) -> nn.Module:
+    """``build_sam2`` with config and checkpoint taken from a Hugging Face model id."""
+    config_name, ckpt_path = _hf_download(model_id)
+    return build_sam2(config_file=config_name, ckpt_path=ckpt_path, **kwargs)
+
+
+def build_sam2_video_predictor_hf(model_id: str, **kwargs: Any) -> nn.Module:
+    """``build_sam2_video_predictor`` with config and checkpoint from a Hugging Face model id."""
+    config_name, ckpt_path = _hf_download(model_id)
+    return build_sam2_video_predictor(config_file=config_name, ckpt_path=ckpt_path, **kwargs)
+
+
+def _load_checkpoint(model: nn.Module, ckpt_path: Optional[Union[str, os.PathLike]]) -> None:
+    """Load ``{"model": state_dict}`` from ``ckpt_path`` strictly.
+
+    Raises ``RuntimeError`` naming the file and listing every missing and unexpected key
+    (and any shape mismatch) instead of stopping at the first problem.
+    """
+    if ckpt_path is None:
+        return
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise RuntimeError(f"checkpoint {os.fspath(ckpt_path)!r} has no 'model' entry")
+    state_dict = checkpoint["model"]
+
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {os.fspath(ckpt_path)!r} does not match the model:"]
+        for title, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}):")
+                lines.extend(f"    {k}" for k in keys)
+        raise RuntimeError("\n".join(lines))
+    model.load_state_dict(state_dict)
+    logging.info("Loaded checkpoint %s", os.fspath(ckpt_path))
