@@ -1,0 +1,263 @@
+"""Per-pathway memory selection and occlusion-aware key modulation (model-free).
+
+A pathway's history is the list of its ancestors' :class:`FrameRecord` (frames after the conditioning
+frame, oldest first, the pathway's own latest frame last). :func:`plan_memory` turns it into the
+memory layout the memory attention needs at the current frame, and :func:`modulation_weights` /
+:func:`key_token_scale` give the per-entry / per-token key scales.
+
+Layout conventions (they match the official SAM2Long code and upstream SAM 2):
+
+- spatial memory = conditioning frames (``t_pos = 0``) followed by ``plan.spatial`` (oldest first);
+  an entry with ``t_pos`` uses ``maskmem_tpos_enc[num_maskmem - 1 - t_pos]``.
+- object pointers = conditioning pointers followed by ``plan.pointers`` (most recent first); an entry's
+  ``position`` is its temporal distance fed to the pointer sine encoding (divided by ``max_ptrs - 1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+COND_FRAME_SCORE = 10.0
+"""Occlusion score the official code assigns to conditioning frames/pointers for the modulation ranking."""
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """What a pathway chose at one frame: tree node id, predicted IoU of the chosen candidate and the
+    object-score (occlusion) logit of the decoder run that produced it."""
+
+    frame: int
+    node: int
+    iou: float
+    obj_logit: float
+
+
+@dataclass(frozen=True)
+class MemoryRef:
+    """One memory entry: the frame/node to read features from, its temporal position and its occlusion score."""
+
+    frame: int
+    node: int
+    position: int
+    obj_logit: float
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Memory layout of one pathway at one frame (non-conditioning part only).
+
+    Attributes:
+        kept: the selected frames (official ``valid_indices``), oldest first.
+        spatial: spatial memory entries, oldest first; ``position`` is ``t_pos`` in ``1..num_maskmem-1``.
+        pointers: object-pointer entries, most recent first; ``position`` is the temporal distance.
+    """
+
+    kept: tuple[FrameRecord, ...]
+    spatial: tuple[MemoryRef, ...]
+    pointers: tuple[MemoryRef, ...]
+
+
+def is_reliable(record: FrameRecord, iou_threshold: float) -> bool:
+    """Official eligibility test of a past frame: IoU strictly above the threshold and object present."""
+    return record.iou > iou_threshold and record.obj_logit > 0
+
+
+def pointer_budget(max_obj_ptrs_in_encoder: int, num_frames: int) -> int:
+    """``M = min(num_frames, max_obj_ptrs_in_encoder)`` as in SAM 2 / SAM2Long (depends on video length)."""
+    return min(num_frames, max_obj_ptrs_in_encoder)
+
+
+def _check_history(history: Sequence[FrameRecord], frame_idx: int) -> None:
+    previous = None
+    for record in history:
+        if previous is not None and record.frame <= previous:
+            raise ValueError("history must be sorted by strictly increasing frame")
+        previous = record.frame
+    if previous is not None and previous >= frame_idx:
+        raise ValueError(f"history reaches frame {previous}, not before the current frame {frame_idx}")
+
+
+def plan_memory(
+    history: Sequence[FrameRecord],
+    frame_idx: int,
+    *,
+    num_maskmem: int,
+    max_obj_ptrs_in_encoder: int,
+    num_frames: int,
+    iou_threshold: float,
+    selection: bool = True,
+) -> MemoryPlan:
+    """Choose the non-conditioning memory of one pathway for frame ``frame_idx``.
+
+    Args:
+        history: the pathway's ancestry after the conditioning frame, oldest first; the last record is the
+            pathway's choice at the previous processed frame. May have gaps where committed history was
+            compacted (see :func:`history_retention`). Empty for the first frame after the conditioning frame.
+        frame_idx: current frame.
+        num_maskmem: model's ``num_maskmem`` (conditioning slot + ``num_maskmem - 1`` recent frames).
+        max_obj_ptrs_in_encoder: model's ``max_obj_ptrs_in_encoder``.
+        num_frames: number of frames in the video (bounds the pointer budget, as upstream).
+        iou_threshold: reliability threshold (strict).
+        selection: True → official SAM2Long selection; False → SAM 2's layout (frames ``t-1 ..``,
+            positions by frame distance), which reproduces upstream SAM 2 for a single pathway.
+
+    With ``selection=True`` the walk goes back from the latest frame, keeping reliable frames until
+    ``M - 1`` are kept (``M`` from :func:`pointer_budget`), then always adds the latest frame. Spatial
+    memory = the last ``num_maskmem - 1`` kept frames with ``t_pos`` by rank; pointers = the kept frames
+    most-recent-first with distance = rank, but — as in the official code — never the oldest kept frame
+    (``min(len(kept) - 1, M - 1)`` pointers).
+    """
+    if num_maskmem < 1:
+        raise ValueError(f"num_maskmem must be >= 1, got {num_maskmem}")
+    _check_history(history, frame_idx)
+    budget = pointer_budget(max_obj_ptrs_in_encoder, num_frames)
+    if not history:
+        return MemoryPlan(kept=(), spatial=(), pointers=())
+    if selection:
+        return _plan_selected(history, num_maskmem, budget, iou_threshold)
+    return _plan_recent(history, frame_idx, num_maskmem, budget)
+
+
+def _ref(record: FrameRecord, position: int) -> MemoryRef:
+    return MemoryRef(frame=record.frame, node=record.node, position=position, obj_logit=record.obj_logit)
+
+
+def _plan_selected(
+    history: Sequence[FrameRecord], num_maskmem: int, budget: int, iou_threshold: float
+) -> MemoryPlan:
+    kept: list[FrameRecord] = []
+    for record in reversed(history):
+        if is_reliable(record, iou_threshold):
+            kept.append(record)
+        if len(kept) >= budget - 1:
+            break
+    kept.reverse()
+    latest = history[-1]
+    if not kept or kept[-1].frame != latest.frame:
+        kept.append(latest)
+
+    spatial = []
+    for rank in range(min(num_maskmem - 1, len(kept)), 0, -1):
+        spatial.append(_ref(kept[-rank], num_maskmem - rank))
+    num_ptrs = max(0, min(len(kept) - 1, budget - 1))
+    pointers = [_ref(kept[-t_diff], t_diff) for t_diff in range(1, num_ptrs + 1)]
+    return MemoryPlan(kept=tuple(kept), spatial=tuple(spatial), pointers=tuple(pointers))
+
+
+def _plan_recent(
+    history: Sequence[FrameRecord], frame_idx: int, num_maskmem: int, budget: int
+) -> MemoryPlan:
+    by_frame = {record.frame: record for record in history}
+    spatial = []
+    for t_pos in range(1, num_maskmem):
+        record = by_frame.get(frame_idx - (num_maskmem - t_pos))
+        if record is not None:
+            spatial.append(_ref(record, t_pos))
+    pointers = []
+    # Frames outside the video have no record, so no bounds check is needed; that also keeps the
+    # policy valid in negated (reverse-tracking) frame coordinates.
+    for t_diff in range(1, budget):
+        record = by_frame.get(frame_idx - t_diff)
+        if record is not None:
+            pointers.append(_ref(record, t_diff))
+    oldest = frame_idx - max(num_maskmem - 1, budget - 1)
+    kept = tuple(r for r in history if r.frame >= oldest)
+    return MemoryPlan(kept=kept, spatial=tuple(spatial), pointers=tuple(pointers))
+
+
+def history_retention(
+    *,
+    num_maskmem: int,
+    max_obj_ptrs_in_encoder: int,
+    num_frames: int,
+    iou_threshold: float,
+    selection: bool = True,
+) -> tuple[int, Callable[[FrameRecord], bool] | None]:
+    """How much committed history a pathway tree must keep so that :func:`plan_memory` is unaffected.
+
+    Returns ``(size, predicate)`` for :class:`sam2long.tree.PathwayTree`: besides the latest committed
+    record, keep the ``size`` most recent committed records satisfying ``predicate`` (``None`` = all).
+    With selection, non-reliable frames are never chosen unless they are a pathway's latest frame, so only
+    reliable ones need keeping; without it, only the most recent frames matter.
+    """
+    size = max(num_maskmem - 1, pointer_budget(max_obj_ptrs_in_encoder, num_frames))
+    if not selection:
+        return size, None
+    return size, lambda record: is_reliable(record, iou_threshold)
+
+
+def rank_weights(scores: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Assign ``linspace(low, high, n)`` by ascending score along the last dim (lowest score → ``low``).
+
+    The weights are computed in float32 and returned in ``scores.dtype`` (the official code casts the
+    linspace to the dtype of the stacked scores, bf16 under CUDA autocast). Ties are broken by position
+    (stable sort); the official ``torch.argsort`` leaves tie order unspecified.
+    """
+    n = scores.shape[-1]
+    standard = torch.linspace(low, high, n, dtype=torch.float32, device=scores.device).to(scores.dtype)
+    order = torch.sort(scores, dim=-1, stable=True).indices
+    weights = torch.empty_like(scores)
+    return weights.scatter_(-1, order, standard.expand_as(scores).contiguous())
+
+
+def modulation_weights(
+    frame_scores: torch.Tensor,
+    pointer_scores: torch.Tensor | None,
+    modulation: tuple[float, float] | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Key weights for the memory frames and the object pointers of one memory bank.
+
+    Args:
+        frame_scores: ``[..., F]`` occlusion scores of all spatial memory frames in concatenation order,
+            conditioning frames included (use :data:`COND_FRAME_SCORE` for them).
+        pointer_scores: ``[..., Q]`` the same for the object pointers, or ``None``/empty without pointers.
+        modulation: ``(w_low, w_high)`` or ``None`` (off).
+
+    Returns ``(frame_weights, pointer_weights)``; ``(None, None)`` means "do not scale". As in the official
+    code, nothing is scaled when there is a single spatial memory frame, and a single pointer next to
+    several frames gets weight ``w_low``.
+    """
+    if modulation is None or frame_scores.shape[-1] <= 1:
+        return None, None
+    low, high = modulation
+    frame_weights = rank_weights(frame_scores, low, high)
+    if pointer_scores is None or pointer_scores.shape[-1] == 0:
+        return frame_weights, None
+    return frame_weights, rank_weights(pointer_scores, low, high)
+
+
+def memory_scores(
+    plan: MemoryPlan, cond_frames: int = 1, cond_pointers: int | None = None
+) -> tuple[list[float], list[float]]:
+    """Occlusion scores in concatenation order for a plan: ``(frame_scores, pointer_scores)``.
+
+    Conditioning entries (``cond_frames`` spatial, ``cond_pointers`` pointers, default the same count)
+    get :data:`COND_FRAME_SCORE`; the official code supports one conditioning frame and adds exactly one.
+    """
+    if cond_pointers is None:
+        cond_pointers = cond_frames
+    frame_scores = [COND_FRAME_SCORE] * cond_frames + [ref.obj_logit for ref in plan.spatial]
+    pointer_scores = [COND_FRAME_SCORE] * cond_pointers + [ref.obj_logit for ref in plan.pointers]
+    return frame_scores, pointer_scores
+
+
+def key_token_scale(
+    frame_weights: torch.Tensor,
+    pointer_weights: torch.Tensor | None,
+    tokens_per_frame: int,
+    tokens_per_pointer: int,
+) -> torch.Tensor:
+    """Expand per-entry weights ``[B, F]`` / ``[B, Q]`` to per-key-token scales ``[B, F*T + Q*tp]``.
+
+    Multiply the cross-attention keys ``memory + memory_pos`` (batch-first ``[B, L, C]``) by
+    ``scale[..., None]`` in every memory-attention layer; values are not scaled. ``tokens_per_frame`` is
+    ``H*W`` of the memory feature map (4096 at 1024 px) and ``tokens_per_pointer`` is
+    ``hidden_dim // mem_dim`` (4).
+    """
+    parts = [frame_weights.repeat_interleave(tokens_per_frame, dim=-1)]
+    if pointer_weights is not None:
+        parts.append(pointer_weights.repeat_interleave(tokens_per_pointer, dim=-1))
+    return torch.cat(parts, dim=-1)
