@@ -1,0 +1,1 @@
+"""Building blocks shared by the SA-V and LVOS evaluators: metrics, mask IO, annotation and video converters."""
