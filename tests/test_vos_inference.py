@@ -1,0 +1,685 @@
+"""Tests of the dataset inference tool ``tools/vos_inference.py`` and its ``tools/vos_io.py``.
+
+The first part checks the file-level logic without a model (PNG IO, listing, sharding, resume
+markers, input-mask collection). The second part runs the command line on tiny datasets built
+from the real test frames, with a tiny random-weight model at 256 px, for SAM 2
+(``--num_pathway 1``) and SAM2Long (``--num_pathway 3``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tools import vos_inference, vos_io  # noqa: E402
+from tools.vos_io import (  # noqa: E402
+    DAVIS_PALETTE,
+    DoneMarkers,
+    MaskFolder,
+    MaskWriter,
+    VosInputError,
+    collect_inputs,
+    list_video_names,
+    resolve_video,
+    shard_of,
+)
+
+SCRIPT = REPO / "tools" / "vos_inference.py"
+CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+OVERRIDES = ["++model.image_size=256"]
+# A palette that is not DAVIS's, to check that outputs keep the input palette.
+CUSTOM_PALETTE = [0, 0, 0, 200, 10, 10, 10, 200, 10, 30, 30, 220]
+# Two objects on the 480x270 bedroom frames: (top, bottom, left, right).
+RECTS = {1: (60, 200, 40, 160), 2: (80, 220, 260, 400)}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def rect_labels(height: int, width: int, rects: dict[int, tuple[int, int, int, int]]) -> np.ndarray:
+    labels = np.zeros((height, width), dtype=np.uint8)
+    for obj_id, (top, bottom, left, right) in rects.items():
+        labels[top:bottom, left:right] = obj_id
+    return labels
+
+
+def save_png(path: Path, labels: np.ndarray, palette: list[int] | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(labels)
+    if palette is not None:
+        image.putpalette(palette)
+    image.save(path)
+
+
+def copy_frames(frames: list[Path], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, frame in enumerate(frames):
+        shutil.copy(frame, folder / f"{index:05d}.jpg")
+
+
+def write_mp4(frames: list[Path], path: Path) -> None:
+    import cv2
+
+    first = cv2.imread(str(frames[0]))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 6, (first.shape[1], first.shape[0]))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(cv2.imread(str(frame)))
+    writer.release()
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(f"{vos_io.TEMP_PREFIX}*") if p.is_file()]
+
+
+def read_summary(output_dir: Path, name: str = "summary.json") -> dict:
+    return json.loads((Path(f"{output_dir.resolve()}.state") / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def frames(bedroom_dir: Path) -> list[Path]:
+    return sorted(bedroom_dir.glob("*.jpg"))[:8]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(make_checkpoint: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seeded random weights whose object-score head always says "present".
+
+    Random weights alone predict "no object" after the prompted frame, so every output would be
+    empty; a large object-score bias makes the tracked masks non-trivial.
+    """
+    state = torch.load(make_checkpoint(CONFIG), map_location="cpu", weights_only=True)
+    state["model"]["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].fill_(20.0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_present.pt"
+    torch.save(state, path)
+    return path
+
+
+def cli(checkpoint: Path, root: Path, output: Path, *extra: str, env: dict | None = None) -> list[str]:
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--sam2_cfg",
+        CONFIG,
+        "--sam2_checkpoint",
+        str(checkpoint),
+        "--hydra_overrides",
+        *OVERRIDES,
+        "--device",
+        "cpu",
+        "--base_video_dir",
+        str(root / "JPEGImages"),
+        "--input_mask_dir",
+        str(root / "Annotations"),
+        "--output_mask_dir",
+        str(output),
+        *extra,
+    ]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+    return env
+
+
+def run_cli(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command, env=env or cli_env(), capture_output=True, text=True, timeout=600, cwd=REPO, check=False
+    )
+
+
+# --------------------------------------------------------------------------- PNG IO
+
+
+def test_davis_palette_is_the_voc_colour_map():
+    palette = np.frombuffer(DAVIS_PALETTE, dtype=np.uint8).reshape(256, 3)
+    assert palette[0].tolist() == [0, 0, 0]
+    assert palette[1].tolist() == [128, 0, 0]
+    assert palette[2].tolist() == [0, 128, 0]
+    assert palette[3].tolist() == [128, 128, 0]
+    assert palette[4].tolist() == [0, 0, 128]
+    assert palette[8].tolist() == [64, 0, 0]
+    assert len({tuple(c) for c in palette.tolist()}) == 256  # a bijection: labels stay distinguishable
+
+
+def test_mask_png_round_trip_is_atomic_and_matches_a_plain_pil_save(tmp_path: Path):
+    labels = rect_labels(30, 40, {1: (2, 10, 3, 20), 3: (12, 25, 10, 35)})
+    target = tmp_path / "v" / "00000.png"
+    save_png(target, np.zeros((30, 40), np.uint8), None)  # an older file gets replaced
+    vos_io.save_mask_png(target, labels, CUSTOM_PALETTE)
+    loaded, palette = vos_io.load_mask_png(target)
+    assert np.array_equal(loaded, labels)
+    assert palette[: len(CUSTOM_PALETTE)] == CUSTOM_PALETTE
+    assert temp_files(tmp_path) == []
+    plain = tmp_path / "plain.png"
+    save_png(plain, labels, CUSTOM_PALETTE)
+    assert target.read_bytes() == plain.read_bytes()
+
+
+def test_failed_atomic_write_leaves_neither_temp_file_nor_partial_target(tmp_path: Path):
+    target = tmp_path / "x.json"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        vos_io.atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_text() == "old"
+    assert temp_files(tmp_path) == []
+    (tmp_path / f"{vos_io.TEMP_PREFIX}left.tmp").write_bytes(b"x")
+    assert len(vos_io.remove_temp_files(tmp_path)) == 1
+    assert temp_files(tmp_path) == []
+
+
+def test_load_mask_png_rejects_rgb_and_garbage(tmp_path: Path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
+    with pytest.raises(VosInputError, match="rgb.png.*single-channel"):
+        vos_io.load_mask_png(tmp_path / "rgb.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(VosInputError, match="cannot read mask file .*bad.png"):
+        vos_io.load_mask_png(tmp_path / "bad.png")
+
+
+def test_merge_gives_overlaps_to_the_smaller_id_and_split_inverts_it():
+    a = np.zeros((4, 5), bool)
+    a[0:3, 0:3] = True
+    b = np.zeros((4, 5), bool)
+    b[1:4, 1:5] = True
+    merged = vos_io.merge_objects({2: b, 1: a}, 4, 5)
+    assert merged[1, 1] == 1 and merged[3, 4] == 2 and merged[3, 0] == 0
+    split = vos_io.split_objects(merged)
+    assert list(split) == [1, 2]
+    assert np.array_equal(split[1], a) and np.array_equal(split[2], b & ~a)
+    with pytest.raises(ValueError, match="256"):
+        vos_io.merge_objects({256: a}, 4, 5)
+
+
+def test_mask_writer_layouts(tmp_path: Path):
+    masks = {1: np.ones((1, 3, 4), bool), 7: np.zeros((1, 3, 4), bool)}
+    single = MaskWriter(tmp_path / "a", False, CUSTOM_PALETTE, 3, 4)
+    assert single.write("00003", masks) == ["00003.png"]
+    assert np.array_equal(vos_io.load_mask_png(tmp_path / "a" / "00003.png")[0], np.ones((3, 4), np.uint8))
+    per_obj = MaskWriter(tmp_path / "b", True, DAVIS_PALETTE, 3, 4)
+    assert per_obj.write("00003", masks) == ["001/00003.png", "007/00003.png"]
+    labels, palette = vos_io.load_mask_png(tmp_path / "b" / "007" / "00003.png")
+    assert labels.max() == 0 and bytes(palette[:12]) == DAVIS_PALETTE[:12]
+
+
+# --------------------------------------------------------------------------- listing, shards, markers
+
+
+def test_video_listing_and_resolution(tmp_path: Path):
+    base = tmp_path / "videos"
+    for name in ("b", "a", ".hidden"):
+        (base / name).mkdir(parents=True)
+    (base / "c.mp4").write_bytes(b"")
+    (base / "notes.txt").write_text("")
+    assert list_video_names(base, None) == ["a", "b", "c"]
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("b\n\n# comment\n a/ \nb\nc.mp4\nmissing\n")
+    assert list_video_names(base, listing) == ["b", "a", "c", "missing"]
+
+    assert resolve_video(base, "a").path == base / "a"
+    assert resolve_video(base, "c").path == base / "c.mp4"
+    with pytest.raises(VosInputError, match="'missing'"):
+        resolve_video(base, "missing")
+    with pytest.raises(VosInputError, match="does not exist"):
+        list_video_names(tmp_path / "nowhere", None)
+
+
+@pytest.mark.parametrize("num_videos", [0, 1, 5, 7])
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 4])
+def test_shards_partition_the_videos(num_videos: int, num_shards: int):
+    names = [f"video{i}" for i in range(num_videos)]
+    shards = [shard_of(names, num_shards, shard_id) for shard_id in range(num_shards)]
+    assert sorted(sum(shards, [])) == sorted(names)
+    assert sum(len(s) for s in shards) == len(names)  # no video in two shards
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert shards == [shard_of(names, num_shards, i) for i in range(num_shards)]  # deterministic
+
+
+def test_shard_arguments_and_torchrun_environment(monkeypatch: pytest.MonkeyPatch):
+    with pytest.raises(ValueError, match="shard_id"):
+        shard_of(["a"], 2, 2)
+    with pytest.raises(ValueError, match="num_shards"):
+        shard_of(["a"], 0, 0)
+    base = ["--base_video_dir", "x", "--input_mask_dir", "y", "--output_mask_dir", "z"]
+    parser = vos_inference.build_parser()
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert vos_inference._shards(parser.parse_args(base)) == (1, 0)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert vos_inference._shards(parser.parse_args(base)) == (4, 3)
+    assert vos_inference._shards(parser.parse_args([*base, "--num_shards", "2", "--shard_id", "1"])) == (2, 1)
+
+
+def test_invalid_shard_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture):
+    (tmp_path / "videos" / "a").mkdir(parents=True)
+    args = ["--base_video_dir", str(tmp_path / "videos"), "--input_mask_dir", str(tmp_path)]
+    args += ["--output_mask_dir", str(tmp_path / "out"), "--num_shards", "2", "--shard_id", "5"]
+    with pytest.raises(SystemExit) as exit_info:
+        vos_inference.main(args)
+    assert exit_info.value.code == 2
+    assert "shard_id must be in [0, 2)" in capsys.readouterr().err
+
+
+def test_done_markers_define_completeness(tmp_path: Path):
+    out = tmp_path / "out"
+    markers = DoneMarkers(tmp_path / "state", out)
+    fingerprint = {"score_thresh": 0.0, "tracker": "sam2long", "memory_modulation": (0.95, 1.05)}
+    assert markers.complete("v", fingerprint) is None
+    save_png(out / "v" / "00000.png", np.zeros((2, 2), np.uint8), CUSTOM_PALETTE)
+    save_png(out / "v" / "00001.png", np.zeros((2, 2), np.uint8), CUSTOM_PALETTE)
+    markers.write("v", fingerprint, ["00001.png", "00000.png"], {"frames": 2})
+    assert markers.complete("v", fingerprint)["stats"] == {"frames": 2}
+    assert markers.complete("v", {**fingerprint, "score_thresh": 0.5}) is None  # other settings
+    (out / "v" / "00001.png").unlink()
+    assert markers.complete("v", fingerprint) is None  # an output went missing
+    markers.path("v").write_text("{trunc")
+    assert markers.complete("v", fingerprint) is None  # unreadable marker
+    markers.clear("v")
+    assert not markers.path("v").exists()
+
+
+# --------------------------------------------------------------------------- input masks
+
+
+def _folder(root: Path, video: str, per_obj: bool = False, size: tuple[int, int] = (20, 30)) -> MaskFolder:
+    return MaskFolder(root=root / video, video=video, per_obj_png_file=per_obj, frame_size=size)
+
+
+NAMES = ["00000", "00001", "00002", "00003"]
+
+
+def test_first_frame_inputs_and_their_errors(tmp_path: Path):
+    save_png(
+        tmp_path / "v" / "00000.png", rect_labels(20, 30, {1: (0, 5, 0, 5), 2: (6, 9, 6, 9)}), CUSTOM_PALETTE
+    )
+    inputs = collect_inputs(
+        _folder(tmp_path, "v"), NAMES, use_all_masks=False, track_object_appearing_later=False
+    )
+    assert inputs.object_ids == [1, 2] and list(inputs.masks[2]) == [0]
+    assert inputs.masks[1][0].sum() == 25 and inputs.palette[:12] == CUSTOM_PALETTE
+
+    save_png(tmp_path / "late" / "00002.png", rect_labels(20, 30, {1: (0, 5, 0, 5)}), None)
+    with pytest.raises(
+        VosInputError, match="'late'.*missing first-frame mask.*'00000'.*track_object_appearing"
+    ):
+        collect_inputs(_folder(tmp_path, "late"), NAMES, False, False)
+    with pytest.raises(VosInputError, match="'nomask'.*mask folder .* does not exist"):
+        collect_inputs(_folder(tmp_path, "nomask"), NAMES, False, False)
+
+    save_png(tmp_path / "big" / "00000.png", np.ones((21, 30), np.uint8), None)
+    with pytest.raises(VosInputError, match=r"'big'.*'00000'.*00000.png is 30x21 \(WxH\).*30x20"):
+        collect_inputs(_folder(tmp_path, "big"), NAMES, False, False)
+
+    save_png(tmp_path / "blank" / "00000.png", np.zeros((20, 30), np.uint8), None)
+    with pytest.raises(VosInputError, match="'blank'.*contains no object"):
+        collect_inputs(_folder(tmp_path, "blank"), NAMES, False, False)
+
+
+def test_use_all_masks_inputs_and_unknown_object(tmp_path: Path):
+    save_png(tmp_path / "v" / "00000.png", rect_labels(20, 30, {1: (0, 5, 0, 5)}), None)
+    save_png(tmp_path / "v" / "00002.png", rect_labels(20, 30, {1: (2, 6, 2, 6)}), None)
+    inputs = collect_inputs(
+        _folder(tmp_path, "v"), NAMES, use_all_masks=True, track_object_appearing_later=False
+    )
+    assert sorted(inputs.masks[1]) == [0, 2] and inputs.palette is None
+    save_png(tmp_path / "v" / "00003.png", rect_labels(20, 30, {1: (0, 5, 0, 5), 3: (8, 9, 8, 9)}), None)
+    with pytest.raises(VosInputError, match=r"'v', frame '00003': unknown object id 3 .*objects \[1\]"):
+        collect_inputs(_folder(tmp_path, "v"), NAMES, True, False)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(VosInputError, match="'none': no input mask for any frame"):
+        collect_inputs(_folder(tmp_path, "none"), NAMES, True, False)
+
+
+def test_later_objects_start_on_their_first_non_empty_mask(tmp_path: Path):
+    save_png(tmp_path / "v" / "00001.png", rect_labels(20, 30, {2: (0, 5, 0, 5)}), None)
+    save_png(tmp_path / "v" / "00003.png", rect_labels(20, 30, {2: (1, 5, 0, 5), 5: (8, 12, 8, 12)}), None)
+    first = collect_inputs(
+        _folder(tmp_path, "v"), NAMES, use_all_masks=False, track_object_appearing_later=True
+    )
+    assert {obj: sorted(f) for obj, f in first.masks.items()} == {2: [1], 5: [3]}
+    every = collect_inputs(
+        _folder(tmp_path, "v"), NAMES, use_all_masks=True, track_object_appearing_later=True
+    )
+    assert {obj: sorted(f) for obj, f in every.masks.items()} == {2: [1, 3], 5: [3]}
+    (tmp_path / "e").mkdir()
+    save_png(tmp_path / "e" / "00000.png", np.zeros((20, 30), np.uint8), None)
+    with pytest.raises(VosInputError, match="'e': no non-empty object mask"):
+        collect_inputs(_folder(tmp_path, "e"), NAMES, False, True)
+
+
+def test_per_object_layout_inputs(tmp_path: Path):
+    box = rect_labels(20, 30, {1: (0, 5, 0, 5)})
+    save_png(tmp_path / "s" / "001" / "00000.png", box, None)
+    save_png(tmp_path / "s" / "004" / "00000.png", np.zeros((20, 30), np.uint8), None)
+    save_png(tmp_path / "s" / "004" / "00002.png", box * 255, None)
+    (tmp_path / "s" / "notes").mkdir()  # not an object folder
+    inputs = collect_inputs(_folder(tmp_path, "s", per_obj=True), NAMES, False, False)
+    assert inputs.object_ids == [1, 4] and not inputs.masks[4][0].any()
+    later = collect_inputs(_folder(tmp_path, "s", per_obj=True), NAMES, False, True)
+    assert {obj: sorted(f) for obj, f in later.masks.items()} == {1: [0], 4: [2]}
+    assert np.array_equal(later.masks[4][2], box > 0)
+    (tmp_path / "s" / "001" / "00000.png").unlink()
+    with pytest.raises(VosInputError, match=r"'s', object 1: input mask .*001.00000.png"):
+        collect_inputs(_folder(tmp_path, "s", per_obj=True), NAMES, False, False)
+
+
+def test_preset_and_flags_select_the_tracker():
+    parser = vos_inference.build_parser()
+    base = ["--base_video_dir", "x", "--input_mask_dir", "y", "--output_mask_dir", "z"]
+    assert vos_inference.resolve_tracker(parser.parse_args([*base, "--num_pathway", "1"])).tree is None
+    default = vos_inference.resolve_tracker(parser.parse_args(base)).tree
+    assert (default.num_pathways, default.iou_threshold, default.uncertainty) == (3, 0.1, 2.0)
+    paper = vos_inference.resolve_tracker(
+        parser.parse_args([*base, "--preset", "paper", "--uncertainty", "1"])
+    )
+    assert (paper.tree.iou_threshold, paper.tree.uncertainty, paper.preset) == (0.3, 1.0, "paper")
+    with pytest.raises(ValueError, match="unknown SAM2Long preset"):
+        vos_inference.resolve_tracker(parser.parse_args([*base, "--preset", "nope"]))
+
+
+def test_non_overlap_keeps_only_the_best_object_per_pixel():
+    scores = torch.tensor([[3.0, -2.0, 0.5], [1.0, 4.0, 0.5], [-5.0, -1.0, -20.0]]).reshape(3, 1, 1, 3)
+    kept = vos_inference.apply_non_overlap(scores).reshape(3, 3)
+    expected = torch.tensor([[3.0, -10.0, 0.5], [-10.0, 4.0, -10.0], [-10.0, -10.0, -20.0]])
+    assert torch.equal(kept, expected)  # ties go to the first object, as torch.argmax does
+    single = torch.randn(1, 1, 2, 2)
+    assert torch.equal(vos_inference.apply_non_overlap(single), single)
+
+
+# --------------------------------------------------------------------------- end to end (model)
+
+
+@pytest.fixture(scope="module")
+def davis(tmp_path_factory: pytest.TempPathFactory, frames: list[Path]) -> Path:
+    """DAVIS layout: 'bedroom' (8 JPEGs, 2 objects, custom palette), 'clip' (mp4, 3 frames, gray mask)."""
+    root = tmp_path_factory.mktemp("davis")
+    copy_frames(frames, root / "JPEGImages" / "bedroom")
+    write_mp4(frames[:3], root / "JPEGImages" / "clip.mp4")
+    width, height = Image.open(frames[0]).size
+    save_png(
+        root / "Annotations" / "bedroom" / "00000.png", rect_labels(height, width, RECTS), CUSTOM_PALETTE
+    )
+    save_png(root / "Annotations" / "clip" / "00000.png", rect_labels(height, width, {1: RECTS[2]}), None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tracked(davis: Path, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Uninterrupted CLI runs on the DAVIS-layout dataset, one per pathway count, made once."""
+    runs: dict[int, tuple[Path, subprocess.CompletedProcess]] = {}
+
+    def get(num_pathway: int) -> tuple[Path, subprocess.CompletedProcess]:
+        if num_pathway not in runs:
+            out = tmp_path_factory.mktemp(f"pred_p{num_pathway}") / "masks"
+            runs[num_pathway] = (out, run_cli(cli(checkpoint, davis, out, "--num_pathway", str(num_pathway))))
+        return runs[num_pathway]
+
+    return get
+
+
+@pytest.mark.parametrize("num_pathway", [1, 3])
+def test_davis_layout_end_to_end(num_pathway: int, tracked, davis: Path):
+    out, result = tracked(num_pathway)
+    assert result.returncode == 0, result.stderr[-3000:]
+    given = np.array(Image.open(davis / "Annotations" / "bedroom" / "00000.png"))
+    bedroom = sorted((out / "bedroom").iterdir())
+    assert [p.name for p in bedroom] == [f"{i:05d}.png" for i in range(8)]
+    for path in bedroom:
+        image = Image.open(path)
+        assert image.mode == "P" and image.size == (480, 270)
+        assert image.getpalette()[: len(CUSTOM_PALETTE)] == CUSTOM_PALETTE
+        assert set(np.unique(np.array(image))) <= {0, 1, 2}
+    first = np.array(Image.open(bedroom[0]))
+    for obj_id in (1, 2):
+        assert iou(first == obj_id, given == obj_id) > 0.9  # the prompt frame reproduces its mask
+    assert all(np.array(Image.open(p)).any() for p in bedroom[1:])  # objects are tracked onwards
+
+    clip = sorted((out / "clip").iterdir())
+    assert [p.name for p in clip] == ["00000.png", "00001.png", "00002.png"]
+    for path in clip:
+        image = Image.open(path)
+        assert image.size == (480, 270) and bytes(image.getpalette()) == DAVIS_PALETTE
+        assert set(np.unique(np.array(image))) <= {0, 1}
+
+    summary = read_summary(out)
+    assert summary["settings"]["tracker"] == ("sam2" if num_pathway == 1 else "sam2long")
+    if num_pathway > 1:
+        assert summary["settings"]["num_pathways"] == num_pathway
+    assert summary["totals"]["failed"] == 0 and summary["totals"]["frames"] == 11
+    stats = summary["videos"]["bedroom"]
+    assert (stats["status"], stats["frames"], stats["objects"]) == ("done", 8, 2)
+    assert stats["seconds"] > 0 and stats["fps"] > 0 and stats["peak_mem_bytes"] > 0
+    assert (summary["videos"]["clip"]["frames"], summary["videos"]["clip"]["objects"]) == (3, 1)
+
+
+def test_killed_run_resumes_to_identical_outputs(tracked, davis: Path, checkpoint: Path, tmp_path: Path):
+    reference, result = tracked(1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "masks"
+    command = cli(checkpoint, davis, out, "--num_pathway", "1")
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(command, env=cli_env(), stdout=log, stderr=log, cwd=REPO)
+        deadline = time.monotonic() + 300
+        while len(list((out / "bedroom").glob("*.png"))) < 2:
+            assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    written = len(list((out / "bedroom").glob("*.png")))
+    state = Path(f"{out.resolve()}.state")
+    assert 2 <= written < 8 and not (state / "done" / "bedroom.json").exists()
+    (out / "bedroom" / f"{vos_io.TEMP_PREFIX}killed{vos_io.TEMP_SUFFIX}").write_bytes(b"partial")
+
+    resumed = run_cli(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
+    for relative in files:
+        assert (out / relative).read_bytes() == (reference / relative).read_bytes(), relative
+    assert temp_files(out) == [] and temp_files(state) == []
+
+    again = run_cli(command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = read_summary(out)
+    assert {name: v["status"] for name, v in summary["videos"].items()} == {
+        "bedroom": "skipped",
+        "clip": "skipped",
+    }
+    assert summary["videos"]["bedroom"]["frames"] == 8
+
+
+@pytest.fixture(scope="module")
+def small_frames(frames: list[Path]) -> list[Path]:
+    return frames[:2]
+
+
+def test_bad_inputs_fail_clearly_while_other_videos_complete(
+    small_frames: list[Path], checkpoint: Path, tmp_path: Path
+):
+    root = tmp_path / "data"
+    width, height = Image.open(small_frames[0]).size
+    good = rect_labels(height, width, {1: RECTS[1]})
+    for name in ("good", "no_first_mask", "wrong_size", "corrupt_frame", "new_object"):
+        copy_frames(small_frames, root / "JPEGImages" / name)
+    (root / "JPEGImages" / "empty_video").mkdir()
+    (root / "JPEGImages" / "corrupt_frame" / "00001.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    for name in ("good", "corrupt_frame", "empty_video", "new_object"):
+        save_png(root / "Annotations" / name / "00000.png", good, None)
+    save_png(root / "Annotations" / "good" / "00001.png", good, None)
+    save_png(root / "Annotations" / "no_first_mask" / "00001.png", good, None)
+    save_png(root / "Annotations" / "wrong_size" / "00000.png", good[: height // 2], None)
+    save_png(
+        root / "Annotations" / "new_object" / "00001.png", rect_labels(height, width, {3: RECTS[2]}), None
+    )
+    listing = tmp_path / "list.txt"
+    names = ["no_first_mask", "good", "wrong_size", "corrupt_frame", "empty_video", "ghost"]
+    listing.write_text("\n".join(names) + "\n")
+
+    out = tmp_path / "masks"
+    result = run_cli(cli(checkpoint, root, out, "--num_pathway", "1", "--video_list_file", str(listing)))
+    assert result.returncode == 1
+    expected = {
+        "no_first_mask": "missing first-frame mask, no input mask for frame '00000'",
+        "wrong_size": f"00000.png is {width}x{height // 2} (WxH) but the video frames are {width}x{height}",
+        "corrupt_frame": "cannot read frame file",
+        "empty_video": "no JPEG or PNG frames found",
+        "ghost": "neither a frame folder",
+    }
+    summary = read_summary(out)
+    for name, phrase in expected.items():
+        assert summary["videos"][name]["status"] == "failed"
+        assert phrase in summary["videos"][name]["error"], summary["videos"][name]["error"]
+        assert f"video {name!r} failed" in result.stderr and phrase in result.stderr
+    assert "00001.jpg" in summary["videos"]["corrupt_frame"]["error"]
+    assert summary["videos"]["good"]["status"] == "done"
+    assert sorted(p.name for p in (out / "good").iterdir()) == ["00000.png", "00001.png"]
+
+    out_all = tmp_path / "masks_all"
+    listing.write_text("new_object\ngood\n")
+    result = run_cli(
+        cli(
+            checkpoint,
+            root,
+            out_all,
+            "--num_pathway",
+            "1",
+            "--video_list_file",
+            str(listing),
+            "--use_all_masks",
+        )
+    )
+    assert result.returncode == 1
+    summary = read_summary(out_all)
+    assert "frame '00001': unknown object id 3" in summary["videos"]["new_object"]["error"]
+    assert "video 'new_object' failed" in result.stderr
+    assert summary["videos"]["good"]["status"] == "done"
+
+
+def test_shard_from_torchrun_environment_processes_only_its_videos(
+    small_frames: list[Path], checkpoint: Path, tmp_path: Path
+):
+    root = tmp_path / "data"
+    width, height = Image.open(small_frames[0]).size
+    for name in ("a", "b", "c"):
+        copy_frames(small_frames, root / "JPEGImages" / name)
+        save_png(root / "Annotations" / name / "00000.png", rect_labels(height, width, {1: RECTS[1]}), None)
+    out = tmp_path / "masks"
+    result = run_cli(cli(checkpoint, root, out, "--num_pathway", "1"), env=cli_env(RANK="1", WORLD_SIZE="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    summary = read_summary(out, "summary_shard1of2.json")
+    assert list(summary["videos"]) == ["b"] and summary["settings"]["shard_id"] == 1
+
+
+@pytest.mark.parametrize("num_pathway", [1, 3])
+def test_per_object_pngs_with_objects_appearing_later(
+    num_pathway: int, frames: list[Path], checkpoint: Path, tmp_path: Path
+):
+    root = tmp_path / "data"
+    copy_frames(frames[:4], root / "JPEGImages" / "sav")
+    width, height = Image.open(frames[0]).size
+    for index in range(4):
+        first = rect_labels(height, width, {1: RECTS[1]})
+        second = rect_labels(height, width, {1: RECTS[2]} if index >= 2 else {})
+        save_png(root / "Annotations" / "sav" / "001" / f"{index:05d}.png", first, None)
+        save_png(root / "Annotations" / "sav" / "002" / f"{index:05d}.png", second, None)
+    out = tmp_path / "masks"
+    command = cli(checkpoint, root, out, "--num_pathway", str(num_pathway), "--per_obj_png_file")
+    result = run_cli([*command, "--track_object_appearing_later_in_video"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for obj in ("001", "002"):
+        assert sorted(p.name for p in (out / "sav" / obj).iterdir()) == [f"{i:05d}.png" for i in range(4)]
+    second = [np.array(Image.open(out / "sav" / "002" / f"{i:05d}.png")) for i in range(4)]
+    assert not second[0].any() and not second[1].any()  # absent before its first mask
+    assert set(np.unique(second[2])) <= {0, 1}
+    assert iou(second[2] > 0, rect_labels(height, width, {1: RECTS[2]}) > 0) > 0.9
+    assert read_summary(out)["videos"]["sav"]["objects"] == 2
+
+
+def _build_predictor(checkpoint: Path, num_pathway: int):
+    overrides = ["++model.non_overlap_masks=false", *OVERRIDES]
+    if num_pathway == 1:
+        from sam2.build_sam import build_sam2_video_predictor
+
+        return build_sam2_video_predictor(
+            CONFIG, str(checkpoint), device="cpu", hydra_overrides_extra=overrides
+        )
+    from sam2long import build_sam2long_video_predictor
+
+    return build_sam2long_video_predictor(
+        CONFIG,
+        str(checkpoint),
+        device="cpu",
+        num_pathways=num_pathway,
+        store_outputs=False,
+        hydra_overrides_extra=overrides,
+    )
+
+
+@pytest.mark.parametrize("num_pathway", [1, 3])
+def test_grouped_later_objects_equal_one_run_per_object(
+    num_pathway: int, frames: list[Path], checkpoint: Path
+):
+    """Objects sharing a first frame are batched; the result must equal upstream's protocol of
+    one propagation per object, merged with a -1024 fill and the model's non-overlap rule.
+
+    SAM 2 tracks each object on its own, so the masks are identical. SAM2Long batches the
+    pathways of all objects, which changes the logits by float rounding only (~1e-5): a pixel
+    may then differ only where the expected decision is a near-tie (logit or winner margin
+    below 1e-3).
+    """
+    predictor = _build_predictor(checkpoint, num_pathway)
+    width, height = Image.open(frames[0]).size
+    boxes = {1: RECTS[1], 2: RECTS[2], 3: (150, 260, 180, 300)}
+    inputs = vos_io.MaskInputs()
+    for obj_id, first in ((1, 0), (2, 0), (3, 2)):
+        inputs.add(obj_id, first, rect_labels(height, width, {1: boxes[obj_id]}) > 0)
+    with torch.inference_mode():
+        state = predictor.init_state(video_path=[np.array(Image.open(p)) for p in frames[:5]])
+        grouped = dict(vos_inference.track_video(predictor, state, inputs, 0.0, True, True))
+
+        scores = torch.full((3, 5, 1, height, width), vos_inference.ABSENT_SCORE)
+        for row, obj_id in enumerate(inputs.object_ids):
+            predictor.reset_state(state)
+            first = inputs.first_frame(obj_id)
+            predictor.add_new_mask(state, first, obj_id, inputs.masks[obj_id][first])
+            for frame_idx, _, logits in predictor.propagate_in_video(state, start_frame_idx=first):
+                scores[row, frame_idx] = logits[0]
+    assert sorted(grouped) == list(range(5))
+    for frame_idx in range(5):
+        raw = scores[:, frame_idx]
+        expected = predictor._apply_non_overlapping_constraints(raw) > 0
+        top_two = raw.topk(2, dim=0).values
+        for row, obj_id in enumerate(inputs.object_ids):
+            differs = torch.from_numpy(grouped[frame_idx][obj_id] != expected[row].numpy())
+            if num_pathway == 1:
+                assert not differs.any(), (frame_idx, obj_id)
+            else:
+                margin = torch.minimum(raw[row].abs(), top_two[0] - top_two[1])
+                assert (margin[differs] < 1e-3).all(), (frame_idx, obj_id, margin[differs].min())
+                assert differs.sum() <= 10, (frame_idx, obj_id)
+    assert not grouped[1][3].any() and grouped[2][3].any()
