@@ -105,13 +105,15 @@ class SAM2VideoPredictor(SAM2Base):
         offload_video_to_cpu: bool = False,
         offload_state_to_cpu: bool = False,
         async_loading_frames: bool = False,
+        stream_frames: bool = False,
     ) -> InferenceState:
         """Load a video and start a session on it.
 
         ``video_path`` is a folder of JPEG/PNG frames, a video file, or in-memory frames (see
         :func:`sam2.utils.misc.load_video_frames`). ``offload_video_to_cpu`` keeps the frames in
         CPU memory and ``offload_state_to_cpu`` keeps the stored memories and masks there, both
-        trading a little speed for accelerator memory.
+        trading a little speed for accelerator memory. ``stream_frames`` decodes frames only when
+        they are used (memory constant in the video length; for long videos).
         """
         images, video_height, video_width = load_video_frames(
             video_path=video_path,
@@ -119,6 +121,7 @@ class SAM2VideoPredictor(SAM2Base):
             offload_video_to_cpu=offload_video_to_cpu,
             async_loading_frames=async_loading_frames,
             compute_device=self.device,
+            stream_frames=stream_frames,
         )
         inference_state = self._build_inference_state(
             images, video_height, video_width, offload_video_to_cpu, offload_state_to_cpu

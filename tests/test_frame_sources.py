@@ -20,7 +20,7 @@ from sam2.utils.frame_sources import (
     resize_to_model_input,
     sort_frame_names,
 )
-from sam2.utils.misc import AsyncVideoFrameLoader, load_video_frames
+from sam2.utils.misc import AsyncVideoFrameLoader, StreamingVideoFrames, load_video_frames
 
 BEDROOM = Path(__file__).parent / "assets" / "bedroom"
 NUM_FRAMES = 8
@@ -220,3 +220,15 @@ def test_video_file_loads_like_its_frames(bedroom_mp4: Path) -> None:
     assert from_video.shape == from_folder.shape
     # codec noise only: normalized inputs stay close on average
     assert (from_video - from_folder).abs().mean() < 0.1
+
+
+def test_streamed_frames_equal_loaded_frames_and_keep_a_bounded_cache(bedroom_frames: list[np.ndarray]) -> None:
+    loaded, h, w = load_video_frames(np.stack(bedroom_frames), 64, offload_video_to_cpu=True, compute_device="cpu")
+    streamed, h2, w2 = load_video_frames(
+        np.stack(bedroom_frames), 64, offload_video_to_cpu=True, compute_device="cpu", stream_frames=True
+    )
+    assert isinstance(streamed, StreamingVideoFrames) and (h, w) == (h2, w2)
+    assert len(streamed) == len(loaded)
+    for i in list(range(len(loaded))) + [0, 3]:  # revisiting evicted frames decodes them again
+        assert torch.equal(streamed[i], loaded[i])
+        assert len(streamed._cache) <= streamed.cache_size

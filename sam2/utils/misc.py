@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from threading import Thread
 from typing import Any
@@ -281,6 +282,47 @@ class AsyncVideoFrameLoader:
         return len(self.images)
 
 
+class StreamingVideoFrames:
+    """Model-input frames decoded on access, keeping only the ``cache_size`` most recent ones.
+
+    Memory stays constant in the video length (propagation reads each frame once, in order);
+    revisiting an evicted frame decodes it again.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        image_size: int,
+        offload_video_to_cpu: bool,
+        img_mean: torch.Tensor,
+        img_std: torch.Tensor,
+        compute_device: torch.device,
+        cache_size: int = 2,
+    ) -> None:
+        self.source = source
+        self.image_size = image_size
+        self.device = torch.device("cpu") if offload_video_to_cpu else compute_device
+        self.img_mean = img_mean.to(self.device)
+        self.img_std = img_std.to(self.device)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self._cache.get(index)
+        if image is None:
+            image = resize_to_model_input(self.source.get(index), self.image_size).to(self.device)
+            image = (image - self.img_mean) / self.img_std
+            self._cache[index] = image
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(index)
+        return image
+
+
 def load_video_frames(
     video_path: VideoInput,
     image_size: int,
@@ -289,7 +331,8 @@ def load_video_frames(
     img_std: Sequence[float] = IMAGENET_STD,
     async_loading_frames: bool = False,
     compute_device: torch.device | str | None = None,
-) -> tuple[torch.Tensor | AsyncVideoFrameLoader, int, int]:
+    stream_frames: bool = False,
+) -> tuple[torch.Tensor | AsyncVideoFrameLoader | StreamingVideoFrames, int, int]:
     """Load a video as normalized square model inputs.
 
     ``video_path`` may be a folder of JPEG/PNG frames, a video file decoded with OpenCV, an
@@ -298,7 +341,8 @@ def load_video_frames(
     normalized with ``img_mean`` / ``img_std``. Frames live on ``compute_device`` unless
     ``offload_video_to_cpu``. Returns ``(images, video_height, video_width)`` where ``images`` is
     a (T, 3, S, S) float32 tensor, or an :class:`AsyncVideoFrameLoader` when
-    ``async_loading_frames`` is set. ``compute_device`` defaults to CUDA when available, else CPU.
+    ``async_loading_frames`` is set, or a :class:`StreamingVideoFrames` (constant memory, frames
+    decoded when used) with ``stream_frames``. ``compute_device`` defaults to CUDA when available.
     """
     if compute_device is None:
         compute_device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -306,6 +350,9 @@ def load_video_frames(
     source = open_frame_source(video_path)
     mean, std = _normalization_tensors(img_mean, img_std)
     video_height, video_width = source.size
+    if stream_frames:
+        frames = StreamingVideoFrames(source, image_size, offload_video_to_cpu, mean, std, compute_device)
+        return frames, video_height, video_width
     if async_loading_frames:
         loader = AsyncVideoFrameLoader(source, image_size, offload_video_to_cpu, mean, std, compute_device)
         return loader, video_height, video_width
