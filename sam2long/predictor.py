@@ -259,15 +259,9 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
         )
         height, width = feat_sizes[-1]
         pix_feat = fused.permute(1, 2, 0).view(batch, self.hidden_dim, height, width)
-        high_res_features = None
-        if len(vision_feats) > 1:
-            high_res_features = [
-                x.permute(1, 2, 0).view(x.size(1), x.size(2), *s)
-                for x, s in zip(vision_feats[:-1], feat_sizes[:-1])
-            ]
         return self._decode_masks(
             pix_feat,
-            high_res_features=high_res_features,
+            high_res_features=self._high_res_features(vision_feats, feat_sizes),
             multimask_output=self._use_multimask(is_init_cond_frame=False, point_inputs=None),
         )
 

@@ -720,6 +720,18 @@ class SAM2Base(nn.Module):
 
     # ------------------------------------------------------------------ tracking step
 
+    @staticmethod
+    def _high_res_features(
+        vision_feats: list[Tensor], feat_sizes: list[tuple[int, int]]
+    ) -> Optional[list[Tensor]]:
+        """The stride-4/8 maps as ``[B, C, h, w]`` for the mask decoder (None without them)."""
+        if len(vision_feats) <= 1:
+            return None
+        return [
+            x.permute(1, 2, 0).view(x.size(1), x.size(2), *size)
+            for x, size in zip(vision_feats[:-1], feat_sizes[:-1])
+        ]
+
     def _track_step(
         self,
         frame_idx: int,
@@ -736,12 +748,7 @@ class SAM2Base(nn.Module):
     ) -> tuple[FrameOutput, SAMHeadOutputs, Optional[list[Tensor]], Tensor]:
         """Predict masks for one frame; returns (partial output, head outputs, high-res feats, pix feat)."""
         current_out: FrameOutput = {"point_inputs": point_inputs, "mask_inputs": mask_inputs}
-        high_res_features = None
-        if len(current_vision_feats) > 1:
-            high_res_features = [
-                x.permute(1, 2, 0).view(x.size(1), x.size(2), *size)
-                for x, size in zip(current_vision_feats[:-1], feat_sizes[:-1])
-            ]
+        high_res_features = self._high_res_features(current_vision_feats, feat_sizes)
         if mask_inputs is not None and self.use_mask_input_as_output_without_sam:
             # Treat the mask prompt as ground truth; no memory conditioning needed.
             pix_feat = current_vision_feats[-1].permute(1, 2, 0)
