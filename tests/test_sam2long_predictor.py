@@ -254,9 +254,10 @@ def test_max_lag_bounds_latency(ckpt: Path, frames: Path, monkeypatch: pytest.Mo
 
 
 def test_objects_tracked_together_equal_objects_tracked_alone(ckpt: Path, frames: Path) -> None:
-    together = _run(_sam2long(ckpt), frames, objects=(1, 2, 3))
+    together = _run(_sam2long(ckpt), frames, objects=(1, 2, 3), start_frame_idx=0)
     for k, obj in enumerate((1, 2, 3)):
-        alone = _run(_sam2long(ckpt), frames, objects=(obj,))
+        alone = _run(_sam2long(ckpt), frames, objects=(obj,), start_frame_idx=0)
+        assert sorted(alone) == sorted(together) == list(range(NUM_FRAMES))
         for f in together:
             assert _iou(together[f][k], alone[f][0]) >= 0.999, (obj, f)
             assert (together[f][k] - alone[f][0]).abs().max().item() < 1e-3, (obj, f)
