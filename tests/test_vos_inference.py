@@ -494,7 +494,8 @@ def test_killed_run_resumes_to_identical_outputs(tracked, davis: Path, checkpoin
     assert 2 <= written < 8 and not (state / "done" / "bedroom.json").exists()
     (out / "bedroom" / f"{vos_io.TEMP_PREFIX}killed{vos_io.TEMP_SUFFIX}").write_bytes(b"partial")
 
-    resumed = run_cli(command)
+    # Resume with frames streamed from disk: outputs must not change (byte-identical below).
+    resumed = run_cli([*command, "--stream_frames"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())

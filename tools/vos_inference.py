@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--offload_video_to_cpu", action="store_true", help="keep video frames in CPU memory")
     data.add_argument("--offload_state_to_cpu", action="store_true", help="keep tracking state in CPU memory")
+    data.add_argument(
+        "--stream_frames",
+        action="store_true",
+        help="decode frames when used instead of loading the whole video (constant memory for long videos)",
+    )
 
     run = parser.add_argument_group("run management")
     run.add_argument(
@@ -595,7 +600,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     predictor = build_predictor(args, tracker, device)
     init_kwargs = {"async_loading_frames": False}
-    for flag in ("offload_video_to_cpu", "offload_state_to_cpu"):
+    for flag in ("offload_video_to_cpu", "offload_state_to_cpu", "stream_frames"):
         if getattr(args, flag):
             init_kwargs[flag] = True
     opts = RunOptions(
