@@ -176,44 +176,56 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
         decoded = self._decode_items(inference_state, items, frame_idx, step, reverse)
         low_res, high_res, ious, tokens, obj_scores = decoded
 
-        # Selection: which (item, candidate) becomes a stored node of which object.
-        encode: list[tuple[_ObjectTrack, int, int, int]] = []  # (track, node, item row, candidate)
-        reports: list[tuple[_ObjectTrack, StepReport]] = []
-        rows_of = {}
+        rows_of: dict[int, list[int]] = {}
         for row, item in enumerate(items):
             rows_of.setdefault(id(item.track), []).append(row)
+        encode: list[tuple[_ObjectTrack, int, int, int]] = []  # (track, node, item row, candidate)
+        reports: list[tuple[_ObjectTrack, StepReport]] = []
         for track in {id(it.track): it.track for it in items}.values():
             rows = rows_of[id(track)]
-            tree = track.tree
-            if not items[rows[0]].branching:
-                row = rows[0]
-                best = int(torch.argmax(ious[row]))  # SAM 2's choice
-                iou, obj = float(ious[row, best]), float(obj_scores[row, 0])
-                if not tree.started:
-                    report = tree.start(step, iou, obj, best)
-                elif track.after_cond:
-                    report = tree.restart(step, iou, obj, best)
-                else:
-                    P = tree.num_pathways
-                    report = tree.advance(step, [0] * P, [best] * P, [0.0] * P, ious[[row] * P], obj_scores[[row] * P, 0])
-                track.after_cond = False
-                encode.extend((track, node, row, best) for node, _, _ in report.created)
-            else:
-                _, inverse = tree.unique_pathways()
-                pathway_rows = torch.tensor(rows)[inverse]
-                report = tree.branch(
-                    step,
-                    ious[pathway_rows],
-                    obj_scores[pathway_rows, 0],
-                    self.sam2long.uncertainty,
-                    self.sam2long.eps,
-                )
-                encode.extend((track, node, int(pathway_rows[p]), k) for node, p, k in report.created)
+            report, chosen = self._advance_tree(track, rows, items[rows[0]].branching, step, ious, obj_scores)
+            encode.extend((track, node, row, k) for node, row, k in chosen)
             reports.append((track, report))
 
         self._encode_nodes(inference_state, frame_idx, encode, low_res, high_res, tokens, obj_scores)
         for track, report in reports:
             self._apply_report(inference_state, track, report, sign, reverse)
+
+    def _advance_tree(
+        self,
+        track: _ObjectTrack,
+        rows: list[int],
+        branching: bool,
+        step: int,
+        ious: Tensor,
+        obj_scores: Tensor,
+    ) -> tuple[StepReport, list[tuple[int, int, int]]]:
+        """Move one object's tree to this frame given its batch rows' candidates.
+
+        Returns the tree's report and ``(node, batch row, candidate)`` for every node to encode.
+        Unbranched frames (first frame, the frame after a prompt, before the first prompt) take
+        SAM 2's best-IoU candidate; otherwise the tree selects among all pathways' candidates.
+        """
+        tree = track.tree
+        if not branching:
+            row = rows[0]
+            best = int(torch.argmax(ious[row]))
+            iou, obj = float(ious[row, best]), float(obj_scores[row, 0])
+            if not tree.started:
+                report = tree.start(step, iou, obj, best)
+            elif track.after_cond:
+                report = tree.restart(step, iou, obj, best)
+            else:  # before the object's first prompt: every pathway follows the greedy choice
+                P = tree.num_pathways
+                report = tree.advance(step, [0] * P, [best] * P, [0.0] * P, ious[[row] * P], obj_scores[[row] * P, 0])
+            track.after_cond = False
+            return report, [(node, row, best) for node, _, _ in report.created]
+        _, inverse = tree.unique_pathways()
+        pathway_rows = torch.tensor(rows)[inverse]
+        report = tree.branch(
+            step, ious[pathway_rows], obj_scores[pathway_rows, 0], self.sam2long.uncertainty, self.sam2long.eps
+        )
+        return report, [(node, int(pathway_rows[p]), k) for node, p, k in report.created]
 
     def _enter_cond_frame(
         self,
