@@ -65,6 +65,11 @@ class MemoryBatch:
     key_scale: Optional[Tensor]  # [B, N, 1]; None when every weight is 1
 
 
+def _pad_rows(rows: list[list[float]], width: int, fill: float) -> list[list[float]]:
+    """Right-pad ragged per-item lists to a rectangle."""
+    return [row + [fill] * (width - len(row)) for row in rows]
+
+
 def assemble_memory_batch(
     model,
     items: Sequence[ItemMemory],
@@ -93,32 +98,38 @@ def assemble_memory_batch(
         raise ValueError("every item needs at least one spatial memory frame")
     padded = len(set(n_frames)) > 1 or len(set(n_ptrs)) > 1
 
-    spatial_pos = maskmem_pos_enc.to(device=device, dtype=dtype).flatten(1).transpose(0, 1)  # [hw, C_mem]
-    feats = torch.zeros(F_max, hw, B, mem_dim, device=device, dtype=dtype)
-    feat_pos = torch.zeros(F_max, hw, B, mem_dim, device=device, dtype=dtype)
-    frame_w = torch.ones(B, F_max, device=device, dtype=dtype)
+    # Spatial memory: one stack per item, padded to F_max frames -> [F_max * hw, B, C_mem].
+    frames = torch.zeros(B, F_max, *maskmem_pos_enc.shape, device=device, dtype=dtype)
     for b, item in enumerate(items):
-        for f, entry in enumerate(item.spatial):
-            feats[f, :, b] = entry.features.to(device=device, dtype=dtype).flatten(1).transpose(0, 1)
-            tpos = model.maskmem_tpos_enc[entry.tpos_index].reshape(1, mem_dim).to(dtype)
-            feat_pos[f, :, b] = spatial_pos + tpos
-            frame_w[b, f] = entry.weight
-    memory = [feats.flatten(0, 1)]
-    memory_pos = [feat_pos.flatten(0, 1)]
+        if item.spatial:
+            stacked = torch.stack([entry.features for entry in item.spatial])
+            frames[b, : len(item.spatial)] = stacked.to(device=device, dtype=dtype)
+    feats = frames.flatten(3).permute(1, 3, 0, 2).reshape(F_max * hw, B, mem_dim)
+    tpos_index = torch.tensor(
+        _pad_rows([[e.tpos_index for e in it.spatial] for it in items], F_max, 0), device=device
+    )
+    tpos = model.maskmem_tpos_enc.reshape(-1, mem_dim)[tpos_index].to(dtype)  # [B, F_max, C_mem]
+    spatial_pos = maskmem_pos_enc.to(device=device, dtype=dtype).flatten(1).transpose(0, 1)  # [hw, C_mem]
+    feat_pos = spatial_pos[None, :, None, :] + tpos.transpose(0, 1)[:, None, :, :]  # [F_max, hw, B, C_mem]
+    frame_w = torch.tensor(_pad_rows([[e.weight for e in it.spatial] for it in items], F_max, 1.0), dtype=dtype)
+    memory = [feats]
+    memory_pos = [feat_pos.reshape(F_max * hw, B, mem_dim)]
     key_valid = [torch.arange(F_max, device=device)[None, :] < torch.tensor(n_frames, device=device)[:, None]]
     key_valid[0] = key_valid[0].repeat_interleave(hw, dim=1)
-    key_w = [frame_w.repeat_interleave(hw, dim=1)]
+    key_w = [frame_w.to(device).repeat_interleave(hw, dim=1)]
 
     num_obj_ptr_tokens = 0
     if P_max > 0:
-        ptrs = torch.zeros(P_max, B, hidden_dim, device=device, dtype=dtype)
-        tpos = torch.zeros(P_max, B, device=device, dtype=torch.float32)
-        ptr_w = torch.ones(B, P_max, device=device, dtype=dtype)
+        ptrs = torch.zeros(B, P_max, hidden_dim, device=device, dtype=dtype)
         for b, item in enumerate(items):
-            for j, entry in enumerate(item.pointers):
-                ptrs[j, b] = entry.pointer.to(device=device, dtype=dtype)
-                tpos[j, b] = entry.tpos
-                ptr_w[b, j] = entry.weight
+            if item.pointers:
+                stacked = torch.stack([entry.pointer for entry in item.pointers])
+                ptrs[b, : len(item.pointers)] = stacked.to(device=device, dtype=dtype)
+        ptrs = ptrs.transpose(0, 1)  # [P_max, B, C]
+        tpos = torch.tensor(
+            _pad_rows([[float(e.tpos) for e in it.pointers] for it in items], P_max, 0.0), device=device
+        ).transpose(0, 1)
+        ptr_w = torch.tensor(_pad_rows([[e.weight for e in it.pointers] for it in items], P_max, 1.0), dtype=dtype)
         if model.add_tpos_enc_to_obj_ptrs:
             t_diff_max = max_obj_ptrs_in_encoder - 1
             tpos_dim = hidden_dim if model.proj_tpos_enc_in_obj_ptrs else mem_dim
@@ -135,7 +146,7 @@ def assemble_memory_batch(
         memory_pos.append(ptr_pos)
         ptr_valid = torch.arange(P_max, device=device)[None, :] < torch.tensor(n_ptrs, device=device)[:, None]
         key_valid.append(ptr_valid.repeat_interleave(split, dim=1))
-        key_w.append(ptr_w.repeat_interleave(split, dim=1))
+        key_w.append(ptr_w.to(device).repeat_interleave(split, dim=1))
         num_obj_ptr_tokens = P_max * split
 
     key_scale = torch.cat(key_w, dim=1).unsqueeze(-1)
