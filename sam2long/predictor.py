@@ -283,16 +283,11 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
         """Conditioning frames + the pathway's selected history, with modulation weights."""
         track = item.track
         cond_outputs = inference_state["output_dict_per_obj"][track.obj_idx][COND]
-        selected, _ = self._select_cond_frames(frame_idx, cond_outputs)
+        selected, _ = select_closest_cond_frames(frame_idx, cond_outputs, self.max_cond_frames_in_attn)
         cond_spatial = [out["maskmem_features"][0] for out in selected.values()]
         cond_ptrs = []
         if self.use_obj_ptrs_in_encoder:
-            for t, out in selected.items():
-                in_past = t >= frame_idx if reverse else t <= frame_idx
-                if self.only_obj_ptrs_in_the_past_for_eval and not in_past:
-                    continue
-                dist = (frame_idx - t) * (-1 if reverse else 1)
-                cond_ptrs.append((dist if self.use_signed_tpos_enc_to_obj_ptrs else abs(dist), out["obj_ptr"][0]))
+            cond_ptrs = [(d, ptr[0]) for d, ptr in self._cond_frame_pointers(frame_idx, selected, reverse)]
 
         history = [] if item.pathway is None else track.tree.history(item.pathway)
         if self.sam2long.memory_selection and track.last_cond_step is not None:
@@ -329,12 +324,6 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
             for r, w in zip(plan_ptrs, ptr_w[len(cond_ptrs) :])
         ]
         return ItemMemory(spatial=spatial, pointers=pointers)
-
-    def _select_cond_frames(
-        self, frame_idx: int, cond_outputs: dict[int, Any]
-    ) -> tuple[dict[int, Any], dict[int, Any]]:
-        """The conditioning frames attended to (SAM 2's temporally closest selection)."""
-        return select_closest_cond_frames(frame_idx, cond_outputs, self.max_cond_frames_in_attn)
 
     def _encode_nodes(
         self,

@@ -35,38 +35,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-if __package__:
-    from .vos_io import (
-        DAVIS_PALETTE,
-        DoneMarkers,
-        MaskFolder,
-        MaskInputs,
-        MaskWriter,
-        VosInputError,
-        atomic_write_json,
-        collect_inputs,
-        list_video_names,
-        remove_temp_files,
-        resolve_video,
-        shard_from_env,
-        shard_of,
-    )
-else:  # run as a script: python tools/vos_inference.py
-    from vos_io import (
-        DAVIS_PALETTE,
-        DoneMarkers,
-        MaskFolder,
-        MaskInputs,
-        MaskWriter,
-        VosInputError,
-        atomic_write_json,
-        collect_inputs,
-        list_video_names,
-        remove_temp_files,
-        resolve_video,
-        shard_from_env,
-        shard_of,
-    )
+if not __package__:  # run as a script (python tools/vos_inference.py): make `tools` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.vos_io import (
+    DAVIS_PALETTE,
+    DoneMarkers,
+    MaskFolder,
+    MaskInputs,
+    MaskWriter,
+    VosInputError,
+    atomic_write_json,
+    collect_inputs,
+    list_video_names,
+    remove_temp_files,
+    resolve_video,
+    shard_from_env,
+    shard_of,
+)
 
 LOGGER = logging.getLogger("vos_inference")
 

@@ -602,17 +602,10 @@ class SAM2Base(nn.Module):
             entries.append((t_pos, out))
         return entries
 
-    def _select_object_pointers(
-        self,
-        frame_idx: int,
-        selected_cond_outputs: dict[int, FrameOutput],
-        unselected_cond_outputs: dict[int, FrameOutput],
-        output_dict: dict[str, dict[int, FrameOutput]],
-        num_frames: int,
-        track_in_reverse: bool,
+    def _cond_frame_pointers(
+        self, frame_idx: int, selected_cond_outputs: dict[int, FrameOutput], track_in_reverse: bool
     ) -> list[PointerEntry]:
-        """Default policy: pointers of conditioning frames, then of up to max-1 recent frames."""
-        max_ptrs = min(num_frames, self.max_obj_ptrs_in_encoder)
+        """``(distance, obj_ptr)`` of the conditioning frames (at eval, optionally only past ones)."""
         cond_outputs = selected_cond_outputs
         if not self.training and self.only_obj_ptrs_in_the_past_for_eval:
             cond_outputs = {
@@ -625,6 +618,20 @@ class SAM2Base(nn.Module):
         for t, out in cond_outputs.items():
             dist = (frame_idx - t) * sign if self.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t)
             entries.append((dist, out["obj_ptr"]))
+        return entries
+
+    def _select_object_pointers(
+        self,
+        frame_idx: int,
+        selected_cond_outputs: dict[int, FrameOutput],
+        unselected_cond_outputs: dict[int, FrameOutput],
+        output_dict: dict[str, dict[int, FrameOutput]],
+        num_frames: int,
+        track_in_reverse: bool,
+    ) -> list[PointerEntry]:
+        """Default policy: pointers of conditioning frames, then of up to max-1 recent frames."""
+        max_ptrs = min(num_frames, self.max_obj_ptrs_in_encoder)
+        entries = self._cond_frame_pointers(frame_idx, selected_cond_outputs, track_in_reverse)
         non_cond = output_dict["non_cond_frame_outputs"]
         for t_diff in range(1, max_ptrs):
             t = frame_idx + t_diff if track_in_reverse else frame_idx - t_diff

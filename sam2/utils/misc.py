@@ -227,6 +227,19 @@ def _normalization_tensors(
     return mean, std
 
 
+def _model_input_frame(
+    source: FrameSource,
+    index: int,
+    image_size: int,
+    img_mean: torch.Tensor,
+    img_std: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """Frame ``index`` resized, normalized (on CPU) and moved to ``device``."""
+    image = (resize_to_model_input(source.get(index), image_size) - img_mean) / img_std
+    return image.to(device, non_blocking=True)
+
+
 class AsyncVideoFrameLoader:
     """Lazily loaded, normalized model-input frames, filled by a background thread.
 
@@ -271,10 +284,8 @@ class AsyncVideoFrameLoader:
         image = self.images[index]
         if image is not None:
             return image
-        image = resize_to_model_input(self.source.get(index), self.image_size)
-        image = (image - self.img_mean) / self.img_std
-        if not self.offload_video_to_cpu:
-            image = image.to(self.compute_device, non_blocking=True)
+        device = torch.device("cpu") if self.offload_video_to_cpu else self.compute_device
+        image = _model_input_frame(self.source, index, self.image_size, self.img_mean, self.img_std, device)
         self.images[index] = image
         return image
 
@@ -302,8 +313,8 @@ class StreamingVideoFrames:
         self.source = source
         self.image_size = image_size
         self.device = torch.device("cpu") if offload_video_to_cpu else compute_device
-        self.img_mean = img_mean.to(self.device)
-        self.img_std = img_std.to(self.device)
+        self.img_mean = img_mean
+        self.img_std = img_std
         self.cache_size = cache_size
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
 
@@ -313,8 +324,9 @@ class StreamingVideoFrames:
     def __getitem__(self, index: int) -> torch.Tensor:
         image = self._cache.get(index)
         if image is None:
-            image = resize_to_model_input(self.source.get(index), self.image_size).to(self.device)
-            image = (image - self.img_mean) / self.img_std
+            image = _model_input_frame(
+                self.source, index, self.image_size, self.img_mean, self.img_std, self.device
+            )
             self._cache[index] = image
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
