@@ -14,15 +14,17 @@ in bfloat16 like upstream, and cast back to the compute dtype by ``SAM2Base`` wh
 tracking also works on CPU without autocast), ``maskmem_pos_enc``, ``pred_masks`` (low-res
 logits), ``obj_ptr`` and ``object_score_logits``.
 
-The per-frame work is split into small overridable steps (:meth:`_get_image_feature`,
-:meth:`_run_single_frame_inference`, :meth:`_run_memory_encoder`, :meth:`_propagate_frame`,
-:meth:`_add_object_storage`) so that subclasses can batch several tracks per object.
+Propagation runs on the tracking engine (:mod:`sam2.engine`): :meth:`frame_features`,
+:meth:`object_memory` / :meth:`conditioning_memory`, :meth:`assemble_memory`,
+:meth:`decode_candidates` and :meth:`encode_memories`, with one row per object; SAM2Long drives
+the same calls with one row per (object, pathway). Prompted frames use :meth:`track_step`.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, Optional
 
 import numpy as np
@@ -31,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from sam2.engine import Candidates, FrameFeatures, NewMemories, Timeline
+from sam2.modeling.memory import ItemMemory
 from sam2.modeling.sam2_base import NO_OBJ_SCORE, SAM2Base
 from sam2.utils.misc import concat_points, fill_holes_in_mask_scores, load_video_frames
 
@@ -367,21 +371,14 @@ class SAM2VideoPredictor(SAM2Base):
         consolidated_out = self._consolidate_temp_output_across_obj(
             inference_state, frame_idx, is_cond=is_cond, consolidate_at_video_res=True
         )
-        _, video_res_masks = self._get_orig_video_res_output(
-            inference_state, consolidated_out["pred_masks_video_res"]
-        )
+        video_res_masks = self.video_res_masks(inference_state, consolidated_out["pred_masks_video_res"])
         return frame_idx, inference_state["obj_ids"], video_res_masks
 
     # ------------------------------------------------------------------ outputs
 
-    def _get_orig_video_res_output(
-        self, inference_state: InferenceState, any_res_masks: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Move mask logits to the compute device and resize them to the video resolution.
-
-        Returns ``(any_res_masks, video_res_masks)``; the latter is made non-overlapping across
-        objects when ``non_overlap_masks`` is set.
-        """
+    def video_res_masks(self, inference_state: InferenceState, any_res_masks: Tensor) -> Tensor:
+        """Mask logits ``(num_obj, 1, h, w)`` at any resolution -> the video resolution, on the compute
+        device; made non-overlapping across objects when ``non_overlap_masks`` is set."""
         video_size = (inference_state["video_height"], inference_state["video_width"])
         any_res_masks = any_res_masks.to(inference_state["device"], non_blocking=True)
         if any_res_masks.shape[-2:] == video_size:
@@ -392,7 +389,7 @@ class SAM2VideoPredictor(SAM2Base):
             )
         if self.non_overlap_masks:
             video_res_masks = self._apply_non_overlapping_constraints(video_res_masks)
-        return any_res_masks, video_res_masks
+        return video_res_masks
 
     def _latest_output(
         self, inference_state: InferenceState, obj_idx: int, frame_idx: int, storage_key: str
@@ -462,7 +459,7 @@ class SAM2VideoPredictor(SAM2Base):
                         self._encode_prompted_output(inference_state, frame_idx, out)
                     obj_output_dict[storage_key][frame_idx] = out
                     if self.clear_non_cond_mem_around_input:
-                        self._clear_obj_non_cond_mem_around_input(inference_state, frame_idx, obj_idx)
+                        self.drop_memories_near(inference_state, obj_idx, frame_idx)
                 obj_temp_output_dict[storage_key].clear()
             if not obj_output_dict[COND]:
                 obj_id = self._obj_idx_to_id(inference_state, obj_idx)
@@ -492,13 +489,13 @@ class SAM2VideoPredictor(SAM2Base):
             is_mask_from_pts=True,  # the user interacted with this frame
         )
 
-    def _processing_order(
+    def processing_timeline(
         self,
         inference_state: InferenceState,
         start_frame_idx: Optional[int],
         max_frame_num_to_track: Optional[int],
         reverse: bool,
-    ) -> Sequence[int]:
+    ) -> Timeline:
         """Frames to visit: from the start frame (default: the earliest prompted frame) for at
         most ``max_frame_num_to_track`` further frames, backwards when ``reverse``."""
         num_frames = inference_state["num_frames"]
@@ -508,12 +505,7 @@ class SAM2VideoPredictor(SAM2Base):
             )
         if max_frame_num_to_track is None:
             max_frame_num_to_track = num_frames
-        if reverse:
-            end_frame_idx = max(start_frame_idx - max_frame_num_to_track, 0)
-            # starting at frame 0 there is nothing to track backwards
-            return range(start_frame_idx, end_frame_idx - 1, -1) if start_frame_idx > 0 else []
-        end_frame_idx = min(start_frame_idx + max_frame_num_to_track, num_frames - 1)
-        return range(start_frame_idx, end_frame_idx + 1)
+        return Timeline.span(start_frame_idx, max_frame_num_to_track, reverse, num_frames)
 
     @torch.inference_mode()
     def propagate_in_video(
@@ -530,11 +522,10 @@ class SAM2VideoPredictor(SAM2Base):
         """
         self.propagate_in_video_preflight(inference_state)
         obj_ids = inference_state["obj_ids"]
-        order = self._processing_order(inference_state, start_frame_idx, max_frame_num_to_track, reverse)
-        for frame_idx in tqdm(order, desc="propagate in video"):
+        timeline = self.processing_timeline(inference_state, start_frame_idx, max_frame_num_to_track, reverse)
+        for frame_idx in tqdm(timeline, desc="propagate in video"):
             pred_masks = self._propagate_frame(inference_state, frame_idx, reverse)
-            _, video_res_masks = self._get_orig_video_res_output(inference_state, pred_masks)
-            yield frame_idx, obj_ids, video_res_masks
+            yield frame_idx, obj_ids, self.video_res_masks(inference_state, pred_masks)
 
     def _propagate_frame(self, inference_state: InferenceState, frame_idx: int, reverse: bool) -> Tensor:
         """Low-res mask logits ``(num_obj, 1, h, w)`` of all objects on one frame during propagation."""
@@ -548,28 +539,92 @@ class SAM2VideoPredictor(SAM2Base):
         self, inference_state: InferenceState, obj_idx: int, frame_idx: int, reverse: bool
     ) -> Tensor:
         """One object's low-res logits on a frame: its prompt result on conditioning frames,
-        otherwise a memory-conditioned prediction that is stored as a new tracked memory."""
+        otherwise SAM 2's best candidate given its memory, stored as a new tracked memory."""
         obj_output_dict = inference_state["output_dict_per_obj"][obj_idx]
         cond_out = obj_output_dict[COND].get(frame_idx)
         if cond_out is not None:
             pred_masks = cond_out["pred_masks"].to(inference_state["device"], non_blocking=True)
             if self.clear_non_cond_mem_around_input:
-                self._clear_obj_non_cond_mem_around_input(inference_state, frame_idx, obj_idx)
+                self.drop_memories_near(inference_state, obj_idx, frame_idx)
         else:
-            current_out, pred_masks = self._run_single_frame_inference(
-                inference_state=inference_state,
-                output_dict=obj_output_dict,
-                frame_idx=frame_idx,
-                batch_size=1,
-                is_init_cond_frame=False,
-                point_inputs=None,
-                mask_inputs=None,
-                reverse=reverse,
-                run_mem_encoder=True,
+            features = self.frame_features(inference_state, frame_idx, batch_size=1)
+            memory = self.assemble_memory(
+                [self.object_memory(inference_state, obj_idx, frame_idx, reverse)],
+                inference_state["num_frames"],
+                inference_state["device"],
+                features.vision_feats[-1].dtype,
             )
-            obj_output_dict[NON_COND][frame_idx] = current_out
+            candidates = self.decode_candidates(features, memory)
+            rows = torch.zeros(1, dtype=torch.long, device=candidates.ious.device)
+            chosen = self.encode_memories(inference_state, features, candidates, rows, candidates.best())
+            pred_masks = self.postprocess_masks(chosen.pred_masks)
+            self.store_tracked_output(inference_state, obj_idx, frame_idx, chosen, pred_masks)
         inference_state["frames_tracked_per_obj"][obj_idx][frame_idx] = {"reverse": reverse}
         return pred_masks
+
+    # ------------------------------------------------------------------ tracking engine
+
+    def frame_features(
+        self, inference_state: InferenceState, frame_idx: int, batch_size: int
+    ) -> FrameFeatures:
+        """Backbone features of a frame for ``batch_size`` rows (the image encoder runs once per frame)."""
+        _, _, vision_feats, vision_pos_embeds, feat_sizes = self._get_image_feature(
+            inference_state, frame_idx, batch_size
+        )
+        return FrameFeatures(frame_idx, vision_feats, vision_pos_embeds, feat_sizes)
+
+    def object_memory(
+        self, inference_state: InferenceState, obj_idx: int, frame_idx: int, reverse: bool
+    ) -> ItemMemory:
+        """SAM 2's memory of an object at ``frame_idx``: conditioning frames, the latest tracked
+        frames and their pointers, from the session (see :meth:`_select_memory_entries`)."""
+        entries = self._select_memory_entries(
+            frame_idx, inference_state["output_dict_per_obj"][obj_idx], inference_state["num_frames"], reverse
+        )
+        return self._memory_item(*entries)
+
+    def conditioning_memory(
+        self, inference_state: InferenceState, obj_idx: int, frame_idx: int, reverse: bool
+    ) -> ItemMemory:
+        """The conditioning frames of an object that frame ``frame_idx`` attends to, and their pointers."""
+        cond_outputs = inference_state["output_dict_per_obj"][obj_idx][COND]
+        return self.cond_frame_memory(frame_idx, cond_outputs, reverse)
+
+    def encode_memories(
+        self,
+        inference_state: InferenceState,
+        features: FrameFeatures,
+        candidates: Candidates,
+        rows: Tensor,
+        cands: Tensor,
+    ) -> NewMemories:
+        """:meth:`encode_candidates` for the chosen ``(rows[i], cands[i])``, memories in storage form.
+
+        ``features`` may have any batch size; they are re-expanded to ``len(rows)``.
+        """
+        if features.batch_size != rows.numel():
+            features = self.frame_features(inference_state, features.frame_idx, rows.numel())
+        chosen = self.encode_candidates(features, candidates, rows, cands)
+        return replace(chosen, maskmem_features=self._store_memory(inference_state, chosen.maskmem_features))
+
+    def store_tracked_output(
+        self,
+        inference_state: InferenceState,
+        obj_idx: int,
+        frame_idx: int,
+        memory: NewMemories,
+        pred_masks: Tensor,
+    ) -> None:
+        """Record an object's tracked (non-conditioning) output on a frame in the session, where
+        later propagation and corrections read it; ``pred_masks`` are the post-processed logits."""
+        inference_state["output_dict_per_obj"][obj_idx][NON_COND][frame_idx] = {
+            "maskmem_features": memory.maskmem_features,
+            "maskmem_pos_enc": self._maskmem_pos_enc(inference_state, len(memory)),
+            "pred_masks": pred_masks.to(inference_state["storage_device"], non_blocking=True),
+            # pointers are tiny and read on every frame, so they stay on the compute device
+            "obj_ptr": memory.obj_ptr,
+            "object_score_logits": memory.object_score_logits,
+        }
 
     # ------------------------------------------------------------------ editing the session
 
@@ -675,9 +730,7 @@ class SAM2VideoPredictor(SAM2Base):
                 updated_frames.append((frame_idx, video_res_masks))
         return inference_state["obj_ids"], updated_frames
 
-    def _clear_obj_non_cond_mem_around_input(
-        self, inference_state: InferenceState, frame_idx: int, obj_idx: int
-    ) -> None:
+    def drop_memories_near(self, inference_state: InferenceState, obj_idx: int, frame_idx: int) -> None:
         """Drop one object's tracked memories within ``num_maskmem`` strided frames of a prompted frame.
 
         Those memories may still show the object as it was before a correction and would feed
@@ -687,11 +740,6 @@ class SAM2VideoPredictor(SAM2Base):
         non_cond = inference_state["output_dict_per_obj"][obj_idx][NON_COND]
         for t in range(frame_idx - radius, frame_idx + radius + 1):
             non_cond.pop(t, None)
-
-    def _clear_non_cond_mem_around_input(self, inference_state: InferenceState, frame_idx: int) -> None:
-        """:meth:`_clear_obj_non_cond_mem_around_input` for every object."""
-        for obj_idx in range(self._get_obj_num(inference_state)):
-            self._clear_obj_non_cond_mem_around_input(inference_state, frame_idx, obj_idx)
 
     # ------------------------------------------------------------------ per-frame model calls
 
@@ -723,8 +771,8 @@ class SAM2VideoPredictor(SAM2Base):
         maskmem_features = maskmem_features.to(self.maskmem_storage_dtype)
         return maskmem_features.to(inference_state["storage_device"], non_blocking=True)
 
-    def _postprocess_masks(self, pred_masks: Tensor) -> Tensor:
-        """Optional clean-up of predicted low-res logits (hole filling when ``fill_hole_area > 0``)."""
+    def postprocess_masks(self, pred_masks: Tensor) -> Tensor:
+        """Clean-up of predicted low-res logits before output (hole filling when ``fill_hole_area > 0``)."""
         if self.fill_hole_area > 0:
             return fill_holes_in_mask_scores(pred_masks, self.fill_hole_area)
         return pred_masks
@@ -769,7 +817,7 @@ class SAM2VideoPredictor(SAM2Base):
         maskmem_features = current_out["maskmem_features"]
         if maskmem_features is not None:
             maskmem_features = self._store_memory(inference_state, maskmem_features)
-        pred_masks = self._postprocess_masks(current_out["pred_masks"])
+        pred_masks = self.postprocess_masks(current_out["pred_masks"])
         compact_out = {
             "maskmem_features": maskmem_features,
             "maskmem_pos_enc": self._get_maskmem_pos_enc(inference_state, current_out),
@@ -821,7 +869,17 @@ class SAM2VideoPredictor(SAM2Base):
         constants = inference_state["constants"]
         if "maskmem_pos_enc" not in constants:
             constants["maskmem_pos_enc"] = [level[0:1].clone() for level in pos_enc]
-        batch_size = pos_enc[0].size(0)
+        return self._maskmem_pos_enc(inference_state, pos_enc[0].size(0))
+
+    def memory_pos_enc(self, inference_state: InferenceState) -> Tensor:
+        """Spatial positional encoding ``[1, C_mem, h, w]`` of every memory frame of the session."""
+        return self._maskmem_pos_enc(inference_state, 1)[-1]
+
+    def _maskmem_pos_enc(self, inference_state: InferenceState, batch_size: int) -> list[Tensor]:
+        """The session's memory positional encoding (all levels) expanded to ``batch_size`` rows."""
+        constants = inference_state["constants"]
+        if "maskmem_pos_enc" not in constants:
+            raise RuntimeError("no memory has been encoded in this session yet (prompt a frame first)")
         return [level.expand(batch_size, -1, -1, -1) for level in constants["maskmem_pos_enc"]]
 
 

@@ -1,9 +1,11 @@
 """Per-pathway memory selection and occlusion-aware key modulation (model-free).
 
-A pathway's history is the list of its ancestors' :class:`FrameRecord` (frames after the conditioning
-frame, oldest first, the pathway's own latest frame last). :func:`plan_memory` turns it into the
-memory layout the memory attention needs at the current frame, and :func:`modulation_weights` /
-:func:`key_token_scale` give the per-entry / per-token key scales.
+A pathway's history is the list of its ancestors' :class:`FrameRecord` (steps after the conditioning
+frame, oldest first, the pathway's own latest step last). Steps are processing indices (0, 1, 2, ... in
+tracking order, whichever the direction in the video), so nothing here knows about reverse tracking.
+:func:`plan_memory` turns a history into the memory layout the memory attention needs at the current
+step, :func:`memory_scores` gives the occlusion scores of that layout and :func:`modulation_weights`
+the per-entry key scales.
 
 Layout conventions (they match the official SAM2Long code and upstream SAM 2):
 
@@ -26,10 +28,10 @@ COND_FRAME_SCORE = 10.0
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """What a pathway chose at one frame: tree node id, predicted IoU of the chosen candidate and the
+    """What a pathway chose at one step: tree node id, predicted IoU of the chosen candidate and the
     object-score (occlusion) logit of the decoder run that produced it."""
 
-    frame: int
+    step: int
     node: int
     iou: float
     obj_logit: float
@@ -37,9 +39,9 @@ class FrameRecord:
 
 @dataclass(frozen=True)
 class MemoryRef:
-    """One memory entry: the frame/node to read features from, its temporal position and its occlusion score."""
+    """One memory entry: the step/node to read features from, its temporal position and its occlusion score."""
 
-    frame: int
+    step: int
     node: int
     position: int
     obj_logit: float
@@ -70,19 +72,19 @@ def pointer_budget(max_obj_ptrs_in_encoder: int, num_frames: int) -> int:
     return min(num_frames, max_obj_ptrs_in_encoder)
 
 
-def _check_history(history: Sequence[FrameRecord], frame_idx: int) -> None:
+def _check_history(history: Sequence[FrameRecord], step: int) -> None:
     previous = None
     for record in history:
-        if previous is not None and record.frame <= previous:
-            raise ValueError("history must be sorted by strictly increasing frame")
-        previous = record.frame
-    if previous is not None and previous >= frame_idx:
-        raise ValueError(f"history reaches frame {previous}, not before the current frame {frame_idx}")
+        if previous is not None and record.step <= previous:
+            raise ValueError("history must be sorted by strictly increasing step")
+        previous = record.step
+    if previous is not None and previous >= step:
+        raise ValueError(f"history reaches step {previous}, not before the current step {step}")
 
 
 def plan_memory(
     history: Sequence[FrameRecord],
-    frame_idx: int,
+    step: int,
     *,
     num_maskmem: int,
     max_obj_ptrs_in_encoder: int,
@@ -90,19 +92,20 @@ def plan_memory(
     iou_threshold: float,
     selection: bool = True,
 ) -> MemoryPlan:
-    """Choose the non-conditioning memory of one pathway for frame ``frame_idx``.
+    """Choose the non-conditioning memory of one pathway for step ``step``.
 
     Args:
         history: the pathway's ancestry after the conditioning frame, oldest first; the last record is the
-            pathway's choice at the previous processed frame. May have gaps where committed history was
-            compacted (see :func:`history_retention`). Empty for the first frame after the conditioning frame.
-        frame_idx: current frame.
+            pathway's choice at the previous step. May have gaps where committed history was compacted
+            (see :func:`history_retention`) or frames were skipped. Empty for the first step after the
+            conditioning frame.
+        step: current step.
         num_maskmem: model's ``num_maskmem`` (conditioning slot + ``num_maskmem - 1`` recent frames).
         max_obj_ptrs_in_encoder: model's ``max_obj_ptrs_in_encoder``.
         num_frames: number of frames in the video (bounds the pointer budget, as upstream).
         iou_threshold: reliability threshold (strict).
-        selection: True → official SAM2Long selection; False → SAM 2's layout (frames ``t-1 ..``,
-            positions by frame distance), which reproduces upstream SAM 2 for a single pathway.
+        selection: True → official SAM2Long selection; False → SAM 2's layout (steps ``t-1 ..``,
+            positions by step distance), which reproduces upstream SAM 2 for a single pathway.
 
     With ``selection=True`` the walk goes back from the latest frame, keeping reliable frames until
     ``M - 1`` are kept (``M`` from :func:`pointer_budget`), then always adds the latest frame. Spatial
@@ -112,17 +115,17 @@ def plan_memory(
     """
     if num_maskmem < 1:
         raise ValueError(f"num_maskmem must be >= 1, got {num_maskmem}")
-    _check_history(history, frame_idx)
+    _check_history(history, step)
     budget = pointer_budget(max_obj_ptrs_in_encoder, num_frames)
     if not history:
         return MemoryPlan(kept=(), spatial=(), pointers=())
     if selection:
         return _plan_selected(history, num_maskmem, budget, iou_threshold)
-    return _plan_recent(history, frame_idx, num_maskmem, budget)
+    return _plan_recent(history, step, num_maskmem, budget)
 
 
 def _ref(record: FrameRecord, position: int) -> MemoryRef:
-    return MemoryRef(frame=record.frame, node=record.node, position=position, obj_logit=record.obj_logit)
+    return MemoryRef(step=record.step, node=record.node, position=position, obj_logit=record.obj_logit)
 
 
 def _plan_selected(
@@ -136,7 +139,7 @@ def _plan_selected(
             break
     kept.reverse()
     latest = history[-1]
-    if not kept or kept[-1].frame != latest.frame:
+    if not kept or kept[-1].step != latest.step:
         kept.append(latest)
 
     spatial = []
@@ -147,24 +150,21 @@ def _plan_selected(
     return MemoryPlan(kept=tuple(kept), spatial=tuple(spatial), pointers=tuple(pointers))
 
 
-def _plan_recent(
-    history: Sequence[FrameRecord], frame_idx: int, num_maskmem: int, budget: int
-) -> MemoryPlan:
-    by_frame = {record.frame: record for record in history}
+def _plan_recent(history: Sequence[FrameRecord], step: int, num_maskmem: int, budget: int) -> MemoryPlan:
+    by_step = {record.step: record for record in history}
     spatial = []
     for t_pos in range(1, num_maskmem):
-        record = by_frame.get(frame_idx - (num_maskmem - t_pos))
+        record = by_step.get(step - (num_maskmem - t_pos))
         if record is not None:
             spatial.append(_ref(record, t_pos))
     pointers = []
-    # Frames outside the video have no record, so no bounds check is needed; that also keeps the
-    # policy valid in negated (reverse-tracking) frame coordinates.
+    # Steps before the first one have no record, so no bounds check is needed.
     for t_diff in range(1, budget):
-        record = by_frame.get(frame_idx - t_diff)
+        record = by_step.get(step - t_diff)
         if record is not None:
             pointers.append(_ref(record, t_diff))
-    oldest = frame_idx - max(num_maskmem - 1, budget - 1)
-    kept = tuple(r for r in history if r.frame >= oldest)
+    oldest = step - max(num_maskmem - 1, budget - 1)
+    kept = tuple(r for r in history if r.step >= oldest)
     return MemoryPlan(kept=kept, spatial=tuple(spatial), pointers=tuple(pointers))
 
 
@@ -242,22 +242,3 @@ def memory_scores(
     frame_scores = [COND_FRAME_SCORE] * cond_frames + [ref.obj_logit for ref in plan.spatial]
     pointer_scores = [COND_FRAME_SCORE] * cond_pointers + [ref.obj_logit for ref in plan.pointers]
     return frame_scores, pointer_scores
-
-
-def key_token_scale(
-    frame_weights: torch.Tensor,
-    pointer_weights: torch.Tensor | None,
-    tokens_per_frame: int,
-    tokens_per_pointer: int,
-) -> torch.Tensor:
-    """Expand per-entry weights ``[B, F]`` / ``[B, Q]`` to per-key-token scales ``[B, F*T + Q*tp]``.
-
-    Multiply the cross-attention keys ``memory + memory_pos`` (batch-first ``[B, L, C]``) by
-    ``scale[..., None]`` in every memory-attention layer; values are not scaled. ``tokens_per_frame`` is
-    ``H*W`` of the memory feature map (4096 at 1024 px) and ``tokens_per_pointer`` is
-    ``hidden_dim // mem_dim`` (4).
-    """
-    parts = [frame_weights.repeat_interleave(tokens_per_frame, dim=-1)]
-    if pointer_weights is not None:
-        parts.append(pointer_weights.repeat_interleave(tokens_per_pointer, dim=-1))
-    return torch.cat(parts, dim=-1)

@@ -1,67 +1,137 @@
 """SAM2Long video predictor: SAM 2 propagation with a per-object tree of memory pathways.
 
 Prompts, sessions and outputs are those of :class:`~sam2.sam2_video_predictor.SAM2VideoPredictor`;
-only :meth:`SAM2LongVideoPredictor.propagate_in_video` changes. Per frame it
+only :meth:`SAM2LongVideoPredictor.propagate_in_video` changes. It drives the same engine calls as
+SAM 2 (:mod:`sam2.engine`), once per frame for all objects x distinct pathways:
 
-1. collects every live (object, distinct pathway) item and assembles their memories into one padded
-   batch (:mod:`sam2long.memory_batch`, memories chosen by :mod:`sam2long.memory_policy`),
-2. runs memory attention and the mask decoder once on that batch, giving 3 candidates per item,
-3. lets each object's :class:`~sam2long.tree.PathwayTree` pick its next ``P`` pathways,
-4. runs the memory encoder once on all newly chosen candidates,
-5. yields every frame on which all pathways of all objects agree (exactly the end-of-video answer).
+1. every live (object, distinct pathway) becomes a :class:`BatchRow`; its memory is the object's
+   conditioning memory plus the frames its pathway's policy selects (:mod:`sam2long.memory_policy`),
+   modulated by occlusion rank; all rows are padded into one memory batch;
+2. ``decode_candidates`` runs memory attention and the mask decoder once (3 candidates per row);
+3. each object's :class:`~sam2long.tree.PathwayTree` picks its next ``P`` pathways;
+4. ``encode_memories`` runs the memory encoder once on all newly chosen candidates, whose memories
+   become the payloads of the new tree nodes;
+5. every frame on which all pathways of all objects agree is yielded (exactly the end-of-video answer).
 
 Before an object's first conditioning frame (objects prompted on a later frame) and on the frame right
 after each conditioning frame, the object is tracked greedily (one pathway, SAM 2's best-IoU choice).
+Frames are addressed by processing *step* (:class:`~sam2.engine.Timeline`), so the tree and the memory
+policy never see the tracking direction.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from sam2.modeling.sam2_utils import select_closest_cond_frames
-from sam2.sam2_video_predictor import COND, NON_COND, InferenceState, SAM2VideoPredictor
+from sam2.engine import Candidates, FrameFeatures, NewMemories, Timeline
+from sam2.modeling.memory import ItemMemory, PointerMemory, SpatialMemory
+from sam2.sam2_video_predictor import COND, InferenceState, SAM2VideoPredictor
 from sam2long.config import SAM2LongConfig
-from sam2long.memory_batch import ItemMemory, PointerMemory, SpatialMemory, assemble_memory_batch
-from sam2long.memory_policy import COND_FRAME_SCORE, modulation_weights, plan_memory
-from sam2long.tree import PathwayTree, StepReport, build_tree
+from sam2long.memory_policy import memory_scores, modulation_weights, plan_memory
+from sam2long.tree import Created, PathwayTree, StepReport, build_tree, is_certain
+
+
+class RowMode(Enum):
+    """How an object's rows are advanced on a frame."""
+
+    ROOT = "root"  # first tracked frame of the tree, or the frame after a conditioning frame
+    GREEDY = "greedy"  # before the object's first conditioning frame: every pathway takes SAM 2's choice
+    BRANCH = "branch"  # the tree selects among all pathways' candidates
 
 
 @dataclass
-class _NodeData:
-    """What a tree node needs for memory and output: its candidate's memory, pointer and mask."""
-
-    maskmem: Tensor  # [1, C_mem, h, w] in the session's storage dtype/device
-    obj_ptr: Tensor  # [1, C]
-    pred_masks: Tensor  # [1, 1, 4h, 4w] low-res logits
-    object_score_logits: Tensor  # [1, 1]
-
-
-@dataclass
-class _ObjectTrack:
+class ObjectTrack:
     """Propagation state of one object (lives for one ``propagate_in_video`` call)."""
 
     obj_idx: int
-    tree: PathwayTree
-    nodes: dict[int, _NodeData] = field(default_factory=dict)
-    last_cond_step: Optional[int] = None  # processing step of the latest conditioning frame seen
+    tree: PathwayTree[NewMemories]
+    last_cond_step: Optional[int] = None  # step of the latest conditioning frame seen
     after_cond: bool = False  # the next tracked frame is the unbranched one after a conditioning frame
+    cleared_steps: set[int] = field(
+        default_factory=set
+    )  # memories dropped by clear_non_cond_mem_around_input
     outputs: dict[int, Tensor] = field(default_factory=dict)  # committed, not yet yielded: step -> logits
 
+    def mode(self) -> RowMode:
+        if not self.tree.started or self.after_cond:
+            return RowMode.ROOT
+        if self.last_cond_step is None:
+            return RowMode.GREEDY
+        return RowMode.BRANCH
 
-@dataclass
-class _Item:
+
+@dataclass(frozen=True)
+class BatchRow:
     """One row of the per-frame batch: an object's distinct pathway node (or its single track)."""
 
-    track: _ObjectTrack
-    pathway: Optional[int]  # a pathway sitting on this item's node; None before the tree starts
-    branching: bool
+    track: ObjectTrack
+    pathway: Optional[int]  # a pathway sitting on this row's node; None before the tree starts
+
+
+@dataclass(frozen=True)
+class ChosenCandidate:
+    """A new tree node and the batch row / decoder candidate whose memory it stores."""
+
+    track: ObjectTrack
+    node: int
+    row: int
+    candidate: int
+
+
+@dataclass(frozen=True)
+class CreatedNode:
+    """A node a tree created on a frame, with its mask (for plots, demos and tests)."""
+
+    node: int
+    parent: Optional[int]  # parent node (None for a root)
+    candidate: int  # decoder candidate index
+    iou: float
+    obj_logit: float
+    pred_masks: Optional[Tensor]  # [1, 1, 4h, 4w] low-res logits; None if pruned at once (max_lag)
+
+
+@dataclass(frozen=True)
+class PathwayStep:
+    """What one object's memory tree did on one frame: the record behind pathway plots.
+
+    ``kind`` is ``"prompt"`` (a conditioning frame: pathways collapse onto the best one), ``"root"``
+    (an unbranched frame starting the tree), ``"greedy"`` (before the object's first prompt),
+    ``"branch"`` (a tree selection; ``certain`` tells which rule was used) or ``"end"`` (after the last
+    frame, with the final pathways before the best one is committed). ``scores``, ``ious`` and
+    ``obj_logits`` are per pathway after the frame (IoU / object logit of the candidate each pathway
+    holds). ``committed_frames`` became final on this frame.
+    """
+
+    obj_id: Any
+    frame_idx: Optional[int]  # None for "end"
+    kind: str
+    certain: Optional[bool]
+    pathway_nodes: tuple[int, ...]
+    scores: tuple[float, ...]
+    ious: tuple[float, ...]
+    obj_logits: tuple[float, ...]
+    best_pathway: Optional[int]
+    created: tuple[CreatedNode, ...]
+    committed_frames: tuple[int, ...]
+    forced_frame: Optional[int]
+    stored_nodes: int
+
+
+PathwayObserver = Callable[[PathwayStep], None]
+
+
+def _live(report: StepReport) -> list[Created]:
+    """Nodes created by an update that are still in the tree (``max_lag`` may prune new ones at once)."""
+    released = set(report.released)
+    return [c for c in report.created if c.node not in released]
 
 
 class SAM2LongVideoPredictor(SAM2VideoPredictor):
@@ -73,14 +143,32 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
         store_outputs: keep the final (best-path) outputs of tracked frames in the session, as SAM 2
             does, so prompts added after propagation see them as memory. ``False`` keeps memory use
             flat in the video length (outputs are only yielded).
-        **kwargs: :class:`SAM2VideoPredictor` / ``SAM2Base`` arguments.
+        **kwargs: :class:`SAM2VideoPredictor` / ``SAM2Base`` arguments. Options the tree cannot honour
+            are refused here, naming the option: ``memory_temporal_stride_for_eval != 1``,
+            ``non_overlap_masks_for_mem_enc=True`` and ``num_maskmem < 2``.
     """
 
     def __init__(
         self, sam2long: Optional[SAM2LongConfig] = None, store_outputs: bool = True, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        if self.memory_temporal_stride_for_eval != 1:
+            raise ValueError(
+                f"SAM2Long does not support memory_temporal_stride_for_eval={self.memory_temporal_stride_for_eval}: "
+                "its pathways choose memory frames by reliability, not on a fixed stride; use 1"
+            )
+        if self.non_overlap_masks_for_mem_enc:
+            raise ValueError(
+                "SAM2Long does not support non_overlap_masks_for_mem_enc=True: memories are encoded per "
+                "pathway, before the objects' final masks are known; use non_overlap_masks for the outputs"
+            )
+        if self.num_maskmem < 2:
+            raise ValueError(
+                f"SAM2Long needs num_maskmem >= 2 (a memory of past frames), got {self.num_maskmem}"
+            )
         self.sam2long = sam2long if sam2long is not None else SAM2LongConfig()
+        if not isinstance(self.sam2long, SAM2LongConfig):
+            raise TypeError(f"sam2long must be a SAM2LongConfig, got {type(self.sam2long).__name__}")
         self.store_outputs = store_outputs
 
     # ------------------------------------------------------------------ propagation
@@ -92,295 +180,294 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
         start_frame_idx: Optional[int] = None,
         max_frame_num_to_track: Optional[int] = None,
         reverse: bool = False,
+        observer: Optional[PathwayObserver] = None,
     ) -> Iterator[tuple[int, list[Any], Tensor]]:
         """Track all objects with the memory tree, yielding ``(frame_idx, obj_ids, video_res_masks)``.
 
         Frames come out in processing order, each as soon as its answer is final for every object
         (with ``max_lag`` unset, identical to choosing the best pathway after the last frame).
+        ``observer``, if given, receives a :class:`PathwayStep` per object and processed frame, plus an
+        ``"end"`` record per object: the tree's decisions, for plots and analysis.
         """
-        if self.memory_temporal_stride_for_eval != 1:
-            raise NotImplementedError("SAM2Long needs memory_temporal_stride_for_eval == 1")
         self.propagate_in_video_preflight(inference_state)
         obj_ids = inference_state["obj_ids"]
-        order = self._processing_order(inference_state, start_frame_idx, max_frame_num_to_track, reverse)
-        num_frames = inference_state["num_frames"]
+        timeline = self.processing_timeline(inference_state, start_frame_idx, max_frame_num_to_track, reverse)
         tracks = [
-            _ObjectTrack(
+            ObjectTrack(
                 obj_idx,
                 build_tree(
                     self.sam2long,
                     num_maskmem=self.num_maskmem,
                     max_obj_ptrs_in_encoder=self.max_obj_ptrs_in_encoder,
-                    num_frames=num_frames,
+                    num_frames=inference_state["num_frames"],
                 ),
             )
-            for obj_idx in range(self._get_obj_num(inference_state))
+            for obj_idx in range(len(obj_ids))
         ]
-        sign = -1 if reverse else 1
+        run = _Propagation(self, inference_state, timeline, tracks, observer)
         pending: deque[int] = deque()
-        for frame_idx in tqdm(order, desc="propagate in video (SAM2Long)"):
-            step = sign * frame_idx
+        for step, _ in tqdm(timeline.steps(), total=len(timeline), desc="propagate in video (SAM2Long)"):
             pending.append(step)
-            self._tree_step(inference_state, tracks, frame_idx, step, reverse)
-            yield from self._emit_ready(inference_state, tracks, pending, obj_ids, sign)
-        for track in tracks:
-            if track.tree.started:
-                self._apply_report(inference_state, track, track.tree.finish(), sign, reverse)
-        yield from self._emit_ready(inference_state, tracks, pending, obj_ids, sign)
+            run.advance(step)
+            yield from run.emit_ready(pending, obj_ids)
+        run.finish()
+        yield from run.emit_ready(pending, obj_ids)
 
-    def _emit_ready(
+
+class _Propagation:
+    """One ``propagate_in_video`` call: the per-frame batch over all objects and pathways."""
+
+    def __init__(
         self,
-        inference_state: InferenceState,
-        tracks: list[_ObjectTrack],
-        pending: deque[int],
-        obj_ids: list[Any],
-        sign: int,
-    ) -> Iterator[tuple[int, list[Any], Tensor]]:
+        predictor: SAM2LongVideoPredictor,
+        state: InferenceState,
+        timeline: Timeline,
+        tracks: list[ObjectTrack],
+        observer: Optional[PathwayObserver],
+    ) -> None:
+        self.model = predictor
+        self.config = predictor.sam2long
+        self.state = state
+        self.timeline = timeline
+        self.tracks = tracks
+        self.observer = observer
+
+    # ------------------------------------------------------------------ output
+
+    def emit_ready(self, pending: deque[int], obj_ids: list[Any]) -> Iterator[tuple[int, list[Any], Tensor]]:
         """Yield the oldest pending frames whose output is final for every object."""
-        while pending and all(pending[0] in track.outputs for track in tracks):
+        while pending and all(pending[0] in track.outputs for track in self.tracks):
             step = pending.popleft()
-            device = inference_state["device"]
-            low_res = torch.cat([track.outputs.pop(step).to(device) for track in tracks], dim=0)
-            _, video_res_masks = self._get_orig_video_res_output(inference_state, low_res)
-            yield sign * step, obj_ids, video_res_masks
+            device = self.state["device"]
+            low_res = torch.cat([track.outputs.pop(step).to(device) for track in self.tracks], dim=0)
+            yield self.timeline.frame(step), obj_ids, self.model.video_res_masks(self.state, low_res)
+
+    def finish(self) -> None:
+        """End of the video: every started tree commits its best pathway."""
+        for track in self.tracks:
+            if track.tree.started:
+                final = self._step_record(track, None, "end", None, (), StepReport())
+                report = track.tree.finish()
+                if self.observer is not None:
+                    committed = tuple(self.timeline.frame(c.step) for c in report.committed)
+                    self.observer(replace(final, committed_frames=committed))
+                self._apply_report(track, report)
 
     # ------------------------------------------------------------------ one frame
 
-    def _tree_step(
-        self,
-        inference_state: InferenceState,
-        tracks: list[_ObjectTrack],
-        frame_idx: int,
-        step: int,
-        reverse: bool,
-    ) -> None:
-        """Advance every object by one frame (batched over objects and pathways)."""
-        sign = -1 if reverse else 1
-        items: list[_Item] = []
-        for track in tracks:
-            cond_out = inference_state["output_dict_per_obj"][track.obj_idx][COND].get(frame_idx)
+    def advance(self, step: int) -> None:
+        """Advance every object by one frame (one batched model pass over objects and pathways)."""
+        frame_idx = self.timeline.frame(step)
+        rows: list[BatchRow] = []
+        rows_of: dict[int, list[int]] = {}
+        for track in self.tracks:
+            cond_out = self.state["output_dict_per_obj"][track.obj_idx][COND].get(frame_idx)
             if cond_out is not None:
-                self._enter_cond_frame(inference_state, track, cond_out, frame_idx, step, reverse)
+                self._enter_cond_frame(track, cond_out, step)
                 continue
-            tree = track.tree
-            branching = tree.started and not track.after_cond and track.last_cond_step is not None
-            if not tree.started or track.after_cond:
-                items.append(_Item(track, 0 if tree.started else None, branching=False))
-                continue
-            nodes, inverse = tree.unique_pathways()
-            for u in range(len(nodes)):
-                items.append(_Item(track, int((inverse == u).nonzero()[0]), branching=branching))
-        if not items:
+            first = len(rows)
+            if track.mode() is RowMode.BRANCH:
+                nodes, inverse = track.tree.unique_pathways()
+                rows.extend(BatchRow(track, int((inverse == u).nonzero()[0])) for u in range(len(nodes)))
+            else:
+                rows.append(BatchRow(track, 0 if track.tree.started else None))
+            rows_of[track.obj_idx] = list(range(first, len(rows)))
+        if not rows:
             return
 
-        decoded = self._decode_items(inference_state, items, frame_idx, step, reverse)
-        low_res, high_res, ious, tokens, obj_scores = decoded
+        features = self.model.frame_features(self.state, frame_idx, len(rows))
+        memory = self.model.assemble_memory(
+            [self._row_memory(row, step) for row in rows],
+            self.state["num_frames"],
+            self.state["device"],
+            features.vision_feats[-1].dtype,
+        )
+        candidates = self.model.decode_candidates(features, memory)
+        # One small host copy per frame for all the trees' decisions.
+        ious = candidates.ious.float().cpu()
+        obj_scores = candidates.object_score_logits.float().cpu()
 
-        rows_of: dict[int, list[int]] = {}
-        for row, item in enumerate(items):
-            rows_of.setdefault(id(item.track), []).append(row)
-        encode: list[tuple[_ObjectTrack, int, int, int]] = []  # (track, node, item row, candidate)
-        reports: list[tuple[_ObjectTrack, StepReport]] = []
-        for track in {id(it.track): it.track for it in items}.values():
-            rows = rows_of[id(track)]
-            report, chosen = self._advance_tree(track, rows, items[rows[0]].branching, step, ious, obj_scores)
-            encode.extend((track, node, row, k) for node, row, k in chosen)
-            reports.append((track, report))
+        chosen: list[ChosenCandidate] = []
+        reports: list[tuple[ObjectTrack, StepReport, RowMode, Optional[bool]]] = []
+        for track in self.tracks:
+            if track.obj_idx not in rows_of:
+                continue
+            mode = track.mode()
+            report, picks, certain = self._advance_tree(
+                track, mode, rows_of[track.obj_idx], step, ious, obj_scores
+            )
+            chosen.extend(picks)
+            reports.append((track, report, mode, certain))
 
-        self._encode_nodes(inference_state, frame_idx, encode, low_res, high_res, tokens, obj_scores)
-        for track, report in reports:
-            self._apply_report(inference_state, track, report, sign, reverse)
+        self._encode(features, candidates, chosen)
+        for track, report, mode, certain in reports:
+            self._observe(track, frame_idx, mode.value, certain, report)
+            self._apply_report(track, report)
 
     def _advance_tree(
-        self,
-        track: _ObjectTrack,
-        rows: list[int],
-        branching: bool,
-        step: int,
-        ious: Tensor,
-        obj_scores: Tensor,
-    ) -> tuple[StepReport, list[tuple[int, int, int]]]:
-        """Move one object's tree to this frame given its batch rows' candidates.
+        self, track: ObjectTrack, mode: RowMode, rows: list[int], step: int, ious: Tensor, obj_scores: Tensor
+    ) -> tuple[StepReport, list[ChosenCandidate], Optional[bool]]:
+        """Move one object's tree to this frame given its rows' candidates.
 
-        Returns the tree's report and ``(node, batch row, candidate)`` for every node to encode.
-        Unbranched frames (first frame, the frame after a prompt, before the first prompt) take
-        SAM 2's best-IoU candidate; otherwise the tree selects among all pathways' candidates.
+        Returns the report, the new nodes to encode and, on branching frames, whether the frame was
+        certain. Unbranched frames take SAM 2's best-IoU candidate.
         """
         tree = track.tree
-        if not branching:
+        if mode is not RowMode.BRANCH:
             row = rows[0]
             best = int(torch.argmax(ious[row]))
             iou, obj = float(ious[row, best]), float(obj_scores[row, 0])
             if not tree.started:
                 report = tree.start(step, iou, obj, best)
-            elif track.after_cond:
+            elif mode is RowMode.ROOT:
                 report = tree.restart(step, iou, obj, best)
-            else:  # before the object's first prompt: every pathway follows the greedy choice
+            else:
                 P = tree.num_pathways
-                report = tree.advance(step, [0] * P, [best] * P, [0.0] * P, ious[[row] * P], obj_scores[[row] * P, 0])
+                report = tree.advance(
+                    step, [0] * P, [best] * P, [0.0] * P, ious[[row] * P], obj_scores[[row] * P, 0]
+                )
             track.after_cond = False
-            return report, [(node, row, best) for node, _, _ in report.created]
+            return report, [ChosenCandidate(track, c.node, row, best) for c in _live(report)], None
         _, inverse = tree.unique_pathways()
         pathway_rows = torch.tensor(rows)[inverse]
-        report = tree.branch(
-            step, ious[pathway_rows], obj_scores[pathway_rows, 0], self.sam2long.uncertainty, self.sam2long.eps
-        )
-        return report, [(node, int(pathway_rows[p]), k) for node, p, k in report.created]
+        pathway_obj = obj_scores[pathway_rows, 0]
+        certain = is_certain(pathway_obj, self.config.uncertainty)
+        report = tree.branch(step, ious[pathway_rows], pathway_obj, self.config.uncertainty, self.config.eps)
+        picks = [
+            ChosenCandidate(track, c.node, int(pathway_rows[c.parent_pathway]), c.candidate)
+            for c in _live(report)
+        ]
+        return report, picks, certain
 
-    def _enter_cond_frame(
-        self,
-        inference_state: InferenceState,
-        track: _ObjectTrack,
-        cond_out: dict[str, Any],
-        frame_idx: int,
-        step: int,
-        reverse: bool,
-    ) -> None:
+    def _enter_cond_frame(self, track: ObjectTrack, cond_out: dict[str, Any], step: int) -> None:
         """A prompted frame: collapse the object's pathways and output its prompted mask."""
+        frame_idx = self.timeline.frame(step)
         if track.tree.started:
-            self._apply_report(inference_state, track, track.tree.collapse(), -1 if reverse else 1, reverse)
+            self._apply_report(track, track.tree.collapse())
         track.last_cond_step = step
         track.after_cond = True
         track.outputs[step] = cond_out["pred_masks"]
-        inference_state["frames_tracked_per_obj"][track.obj_idx][frame_idx] = {"reverse": reverse}
+        self.state["frames_tracked_per_obj"][track.obj_idx][frame_idx] = {"reverse": self.timeline.reverse}
+        if self.model.clear_non_cond_mem_around_input:
+            # As SAM 2: memories of the frames just before a prompt may show the object before its
+            # correction; drop them from the pathways and from the session.
+            track.cleared_steps.update(range(step - self.model.num_maskmem, step))
+            self.model.drop_memories_near(self.state, track.obj_idx, frame_idx)
+        self._observe(track, frame_idx, "prompt", None, StepReport())
 
-    def _decode_items(
-        self,
-        inference_state: InferenceState,
-        items: list[_Item],
-        frame_idx: int,
-        step: int,
-        reverse: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Memory attention + mask decoder for all items at once (3 candidates each)."""
-        batch = len(items)
-        _, _, vision_feats, vision_pos, feat_sizes = self._get_image_feature(inference_state, frame_idx, batch)
-        curr = vision_feats[-1]
-        memories = [self._item_memory(inference_state, item, frame_idx, step, reverse) for item in items]
-        pos_enc = inference_state["constants"]["maskmem_pos_enc"][-1][0]
-        max_ptrs = min(inference_state["num_frames"], self.max_obj_ptrs_in_encoder)
-        mem = assemble_memory_batch(self, memories, pos_enc, max_ptrs, curr.dtype)
-        fused = self.memory_attention(
-            curr=vision_feats[-1:],
-            curr_pos=vision_pos[-1:],
-            memory=mem.memory,
-            memory_pos=mem.memory_pos,
-            num_obj_ptr_tokens=mem.num_obj_ptr_tokens,
-            memory_key_scale=mem.key_scale,
-            memory_key_mask=mem.key_mask,
-        )
-        height, width = feat_sizes[-1]
-        pix_feat = fused.permute(1, 2, 0).view(batch, self.hidden_dim, height, width)
-        return self._decode_masks(
-            pix_feat,
-            high_res_features=self._high_res_features(vision_feats, feat_sizes),
-            multimask_output=self._use_multimask(is_init_cond_frame=False, point_inputs=None),
-        )
-
-    def _item_memory(
-        self, inference_state: InferenceState, item: _Item, frame_idx: int, step: int, reverse: bool
-    ) -> ItemMemory:
+    def _row_memory(self, row: BatchRow, step: int) -> ItemMemory:
         """Conditioning frames + the pathway's selected history, with modulation weights."""
-        track = item.track
-        cond_outputs = inference_state["output_dict_per_obj"][track.obj_idx][COND]
-        selected, _ = select_closest_cond_frames(frame_idx, cond_outputs, self.max_cond_frames_in_attn)
-        cond_spatial = [out["maskmem_features"][0] for out in selected.values()]
-        cond_ptrs = []
-        if self.use_obj_ptrs_in_encoder:
-            cond_ptrs = [(d, ptr[0]) for d, ptr in self._cond_frame_pointers(frame_idx, selected, reverse)]
+        track, model = row.track, self.model
+        frame_idx = self.timeline.frame(step)
+        cond = model.conditioning_memory(self.state, track.obj_idx, frame_idx, self.timeline.reverse)
 
-        history = [] if item.pathway is None else track.tree.history(item.pathway)
-        if self.sam2long.memory_selection and track.last_cond_step is not None:
-            history = [r for r in history if r.frame > track.last_cond_step]
+        history = [] if row.pathway is None else track.tree.history(row.pathway)
+        if self.config.memory_selection and track.last_cond_step is not None:
+            history = [r for r in history if r.step > track.last_cond_step]
+        if track.cleared_steps:
+            history = [r for r in history if r.step not in track.cleared_steps]
         plan = plan_memory(
             history,
             step,
-            num_maskmem=self.num_maskmem,
-            max_obj_ptrs_in_encoder=self.max_obj_ptrs_in_encoder,
-            num_frames=inference_state["num_frames"],
-            iou_threshold=self.sam2long.iou_threshold,
-            selection=self.sam2long.memory_selection,
+            num_maskmem=model.num_maskmem,
+            max_obj_ptrs_in_encoder=model.max_obj_ptrs_in_encoder,
+            num_frames=self.state["num_frames"],
+            iou_threshold=self.config.iou_threshold,
+            selection=self.config.memory_selection,
         )
-        plan_ptrs = plan.pointers if self.use_obj_ptrs_in_encoder else ()
+        if not model.use_obj_ptrs_in_encoder:
+            plan = replace(plan, pointers=())
 
-        frame_scores = [COND_FRAME_SCORE] * len(cond_spatial) + [r.obj_logit for r in plan.spatial]
-        ptr_scores = [COND_FRAME_SCORE] * len(cond_ptrs) + [r.obj_logit for r in plan_ptrs]
+        frame_scores, ptr_scores = memory_scores(plan, len(cond.spatial), len(cond.pointers))
         frame_w, ptr_w = modulation_weights(
             torch.tensor(frame_scores, dtype=torch.float32),
             torch.tensor(ptr_scores, dtype=torch.float32) if ptr_scores else None,
-            self.sam2long.memory_modulation,
+            self.config.memory_modulation,
         )
         frame_w = [1.0] * len(frame_scores) if frame_w is None else frame_w.tolist()
         ptr_w = [1.0] * len(ptr_scores) if ptr_w is None else ptr_w.tolist()
 
-        spatial = [SpatialMemory(f, self.num_maskmem - 1, w) for f, w in zip(cond_spatial, frame_w)]
+        pos_enc = model.memory_pos_enc(self.state)
+        spatial = [replace(entry, weight=w) for entry, w in zip(cond.spatial, frame_w)]
         spatial += [
-            SpatialMemory(track.nodes[r.node].maskmem[0], self.num_maskmem - r.position - 1, w)
-            for r, w in zip(plan.spatial, frame_w[len(cond_spatial) :])
+            SpatialMemory(
+                track.tree.payload(ref.node).maskmem_features,
+                pos_enc,
+                model.num_maskmem - ref.position - 1,
+                w,
+            )
+            for ref, w in zip(plan.spatial, frame_w[len(cond.spatial) :])
         ]
-        pointers = [PointerMemory(p, d, w) for (d, p), w in zip(cond_ptrs, ptr_w)]
+        pointers = [replace(entry, weight=w) for entry, w in zip(cond.pointers, ptr_w)]
         pointers += [
-            PointerMemory(track.nodes[r.node].obj_ptr[0], r.position, w)
-            for r, w in zip(plan_ptrs, ptr_w[len(cond_ptrs) :])
+            PointerMemory(track.tree.payload(ref.node).obj_ptr, ref.position, w)
+            for ref, w in zip(plan.pointers, ptr_w[len(cond.pointers) :])
         ]
         return ItemMemory(spatial=spatial, pointers=pointers)
 
-    def _encode_nodes(
-        self,
-        inference_state: InferenceState,
-        frame_idx: int,
-        encode: list[tuple[_ObjectTrack, int, int, int]],
-        low_res: Tensor,
-        high_res: Tensor,
-        tokens: Tensor,
-        obj_scores: Tensor,
-    ) -> None:
-        """Memory encoder (one batch) and object pointers for every newly created node."""
-        if not encode:
+    def _encode(self, features: FrameFeatures, candidates: Candidates, chosen: list[ChosenCandidate]) -> None:
+        """Memory encoder (one batch) for every new node; the memories become the nodes' payloads."""
+        if not chosen:
             return
-        rows = torch.tensor([row for _, _, row, _ in encode], device=high_res.device)
-        cands = torch.tensor([k for _, _, _, k in encode], device=high_res.device)
-        token_cands = cands if tokens.size(1) > 1 else torch.zeros_like(cands)
-        scores = obj_scores[rows]
-        obj_ptr = self._obj_ptr_from_token(tokens[rows, token_cands], scores)
-        masks_high = high_res[rows, cands].unsqueeze(1)
-        _, _, vision_feats, _, feat_sizes = self._get_image_feature(inference_state, frame_idx, len(encode))
-        maskmem, _ = self._encode_new_memory(
-            current_vision_feats=vision_feats,
-            feat_sizes=feat_sizes,
-            pred_masks_high_res=masks_high,
-            object_score_logits=scores,
-            is_mask_from_pts=False,
-        )
-        maskmem = self._store_memory(inference_state, maskmem)
-        low = low_res[rows, cands].unsqueeze(1)
-        for i, (track, node, _, _) in enumerate(encode):
-            track.nodes[node] = _NodeData(
-                maskmem=maskmem[i : i + 1],
-                obj_ptr=obj_ptr[i : i + 1],
-                pred_masks=low[i : i + 1],
-                object_score_logits=scores[i : i + 1],
-            )
+        device = candidates.ious.device
+        rows = torch.tensor([c.row for c in chosen], device=device)
+        cands = torch.tensor([c.candidate for c in chosen], device=device)
+        memories = self.model.encode_memories(self.state, features, candidates, rows, cands)
+        for i, c in enumerate(chosen):
+            c.track.tree.attach(c.node, memories.row(i))
 
-    def _apply_report(
-        self, inference_state: InferenceState, track: _ObjectTrack, report: StepReport, sign: int, reverse: bool
+    def _apply_report(self, track: ObjectTrack, report: StepReport) -> None:
+        """Record committed frames as outputs (and, with ``store_outputs``, in the session)."""
+        for commit in report.committed:
+            data = track.tree.payload(commit.node)
+            pred_masks = self.model.postprocess_masks(data.pred_masks)
+            track.outputs[commit.step] = pred_masks
+            frame_idx = self.timeline.frame(commit.step)
+            self.state["frames_tracked_per_obj"][track.obj_idx][frame_idx] = {
+                "reverse": self.timeline.reverse
+            }
+            if self.model.store_outputs:
+                self.model.store_tracked_output(self.state, track.obj_idx, frame_idx, data, pred_masks)
+
+    # ------------------------------------------------------------------ observer records
+
+    def _observe(
+        self, track: ObjectTrack, frame_idx: int, kind: str, certain: Optional[bool], report: StepReport
     ) -> None:
-        """Record committed frames as outputs (and in the session), then free released nodes."""
-        obj_output_dict = inference_state["output_dict_per_obj"][track.obj_idx]
-        for step, node in report.committed:
-            data = track.nodes[node]
-            pred_masks = self._postprocess_masks(data.pred_masks)
-            track.outputs[step] = pred_masks
-            frame_idx = sign * step
-            inference_state["frames_tracked_per_obj"][track.obj_idx][frame_idx] = {"reverse": reverse}
-            if self.store_outputs:
-                pos_enc = inference_state["constants"]["maskmem_pos_enc"]
-                obj_output_dict[NON_COND][frame_idx] = {
-                    "maskmem_features": data.maskmem,
-                    "maskmem_pos_enc": pos_enc,
-                    "pred_masks": pred_masks.to(inference_state["storage_device"], non_blocking=True),
-                    "obj_ptr": data.obj_ptr,
-                    "object_score_logits": data.object_score_logits,
-                }
-        for node in report.released:
-            track.nodes.pop(node, None)
+        if self.observer is None:
+            return
+        tree = track.tree
+        created = []
+        for c in report.created:
+            masks = None if c.node in report.released else tree.payload(c.node).pred_masks
+            created.append(CreatedNode(c.node, c.parent, c.candidate, c.iou, c.obj_logit, masks))
+        self.observer(self._step_record(track, frame_idx, kind, certain, tuple(created), report))
+
+    def _step_record(
+        self,
+        track: ObjectTrack,
+        frame_idx: Optional[int],
+        kind: str,
+        certain: Optional[bool],
+        created: tuple[CreatedNode, ...],
+        report: StepReport,
+    ) -> PathwayStep:
+        tree = track.tree
+        started = tree.started
+        nodes = tree.pathway_nodes
+        records = [tree.record(n) for n in nodes] if started else []
+        return PathwayStep(
+            obj_id=self.state["obj_idx_to_id"][track.obj_idx],
+            frame_idx=frame_idx,
+            kind=kind,
+            certain=certain,
+            pathway_nodes=nodes,
+            scores=tuple(float(s) for s in tree.scores) if started else (),
+            ious=tuple(r.iou for r in records),
+            obj_logits=tuple(r.obj_logit for r in records),
+            best_pathway=tree.best_pathway() if started else None,
+            created=created,
+            committed_frames=tuple(self.timeline.frame(c.step) for c in report.committed),
+            forced_frame=None if report.forced_step is None else self.timeline.frame(report.forced_step),
+            stored_nodes=tree.num_stored_nodes,
+        )

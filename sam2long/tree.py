@@ -1,17 +1,19 @@
 """The SAM2Long memory tree: candidate selection and pathway ancestry (model-free).
 
 Per object, a :class:`PathwayTree` holds ``P`` pathways. Each pathway points at a tree *node* (the candidate
-it chose at the latest frame); a node knows its parent node, so a pathway's ancestry is its memory
-history. Frame by frame the predictor
+it chose at the latest processing step); a node knows its parent node, so a pathway's ancestry is its memory
+history. Steps are processing indices (0, 1, 2, ... in tracking order, forwards or backwards in the video).
+Step by step the predictor
 
 1. runs the model once per distinct pathway node (:meth:`PathwayTree.unique_pathways`), producing
    ``iou[P, K]`` and ``obj_logit[P]`` for all pathways,
 2. calls :meth:`PathwayTree.branch` (or :func:`select_candidates` + :meth:`PathwayTree.advance`),
-3. encodes memory for every node listed in ``report.created`` (``(node, parent_pathway, candidate)``),
-4. emits the masks of ``report.committed`` (final answers, in frame order) and then frees the data of
-   ``report.released`` (a node may appear in both; emit before freeing).
+3. encodes memory for every node listed in ``report.created`` and :meth:`~PathwayTree.attach` es it
+   as the node's payload,
+4. emits the payloads of ``report.committed`` (final answers, in step order) via :meth:`PathwayTree.payload`.
 
-Committed frames are those on which every live pathway agrees (coalescence), so the streamed output
+The tree owns the payloads: a released node's payload stays readable until the next update and is then
+dropped. Committed steps are those on which every live pathway agrees (coalescence), so the streamed output
 equals the official "best pathway after the last frame" answer. With ``max_lag`` the tree additionally
 forces a decision (an approximation, see :meth:`PathwayTree.advance`).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
 
 import torch
 
@@ -107,32 +110,12 @@ def select_candidates(
     return index // num_cands, index % num_cands, flat_scores[index]
 
 
-def select_candidates_batched(
-    scores_cum: torch.Tensor,
-    iou: torch.Tensor,
-    obj_logit: torch.Tensor,
-    num_pathways: int,
-    uncertainty: float,
-    eps: float = 1e-5,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`select_candidates` for N independent objects: ``[N, P]``, ``[N, P, K]``, ``[N, P]`` →
-    ``[N, P']`` each (every object keeps the same number ``P'`` of branches)."""
-    if iou.dim() != 3:
-        raise ValueError(f"iou must have shape [N, P, K], got {tuple(iou.shape)}")
-    results = [
-        select_candidates(scores_cum[n], iou[n], obj_logit[n], num_pathways, uncertainty, eps)
-        for n in range(iou.shape[0])
-    ]
-    counts = {r[0].numel() for r in results}
-    if len(counts) > 1:
-        raise ValueError(f"objects kept different numbers of branches: {sorted(counts)}")
-    parents, cands, scores = zip(*results)
-    return torch.stack(parents), torch.stack(cands), torch.stack(scores)
+T = TypeVar("T")
 
 
 @dataclass
 class _Node:
-    frame: int
+    step: int
     parent: int | None
     candidate: int
     iou: float
@@ -143,31 +126,52 @@ class _Node:
     committed: bool = False
 
 
-@dataclass(frozen=True)
-class StepReport:
-    """What changed in a :class:`PathwayTree` step.
+class Created(NamedTuple):
+    """A new distinct node: pathway ``parent_pathway`` (on node ``parent``) chose ``candidate``.
 
-    Attributes:
-        created: ``(node, parent_pathway, candidate)`` for every new distinct node (the predictor stores this
-            candidate's mask / memory features / pointer under ``node``); ``parent_pathway`` is -1 for the root.
-        committed: ``(frame, node)`` of newly final frames, ascending; ``node`` is the candidate to output.
-        released: nodes whose stored data is no longer needed (after emitting ``committed``).
-        forced_frame: the frame at which ``max_lag`` forced a decision in this step, else ``None``.
+    Roots have ``parent_pathway = -1`` and ``parent = None``.
     """
 
-    created: tuple[tuple[int, int, int], ...] = ()
-    committed: tuple[tuple[int, int], ...] = ()
+    node: int
+    parent_pathway: int
+    candidate: int
+    parent: int | None
+    iou: float
+    obj_logit: float
+
+
+class Commit(NamedTuple):
+    """A step whose answer became final: the node to output there."""
+
+    step: int
+    node: int
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What changed in a :class:`PathwayTree` update.
+
+    Attributes:
+        created: every new distinct node (store its candidate's data with :meth:`PathwayTree.attach`).
+        committed: newly final steps, ascending.
+        released: nodes dropped from the tree (their payloads stay readable until the next update).
+        forced_step: the step at which ``max_lag`` forced a decision in this update, else ``None``.
+    """
+
+    created: tuple[Created, ...] = ()
+    committed: tuple[Commit, ...] = ()
     released: tuple[int, ...] = ()
-    forced_frame: int | None = None
+    forced_step: int | None = None
 
 
-class PathwayTree:
-    """Ancestry of the ``P`` pathways of one object, with streaming commitment and bounded history.
+class PathwayTree(Generic[T]):
+    """Ancestry of the ``P`` pathways of one object, with streaming commitment, bounded history and
+    per-node payloads of type ``T`` (what the predictor stores for a candidate).
 
     Args:
         num_pathways: ``P``.
-        max_lag: if set, whenever the newest frame is more than ``max_lag`` frames ahead of the last committed
-            frame, commit frame ``newest - max_lag`` to the best pathway's ancestor there; pathways that do not
+        max_lag: if set, whenever the newest step is more than ``max_lag`` steps ahead of the last committed
+            step, commit step ``newest - max_lag`` to the best pathway's ancestor there; pathways that do not
             descend from it are replaced by copies of the best pathway (node and score). This is an
             approximation of the official search (which decides only after the last frame).
         history_size / history_filter: committed history retained for memory selection: the latest committed
@@ -195,6 +199,8 @@ class PathwayTree:
         self.history_size = history_size
         self.history_filter = history_filter
         self._nodes: dict[int, _Node] = {}
+        self._payloads: dict[int, T] = {}
+        self._released_payloads: dict[int, T] = {}
         self._next_id = 0
         self._pathways: list[int] = []
         self._scores: list[float] = []
@@ -209,7 +215,7 @@ class PathwayTree:
 
     @property
     def pathway_nodes(self) -> tuple[int, ...]:
-        """Node of each pathway at the latest frame (several pathways may share a node)."""
+        """Node of each pathway at the latest step (several pathways may share a node)."""
         return tuple(self._pathways)
 
     @property
@@ -218,13 +224,9 @@ class PathwayTree:
         return torch.tensor(self._scores, dtype=torch.float64)
 
     @property
-    def latest_frame(self) -> int | None:
-        return self._latest
-
-    @property
-    def committed_frame(self) -> int | None:
-        """Last frame whose output is final."""
-        return self._nodes[self._trunk[-1]].frame if self._trunk else None
+    def committed_step(self) -> int | None:
+        """Last step whose output is final."""
+        return self._nodes[self._trunk[-1]].step if self._trunk else None
 
     @property
     def num_stored_nodes(self) -> int:
@@ -260,11 +262,7 @@ class PathwayTree:
     def record(self, node: int) -> FrameRecord:
         """The :class:`FrameRecord` of a stored node."""
         data = self._nodes[node]
-        return FrameRecord(frame=data.frame, node=node, iou=data.iou, obj_logit=data.obj_logit)
-
-    def candidate(self, node: int) -> int:
-        """Index of the decoder candidate a node chose (-1 for an unbranched root)."""
-        return self._nodes[node].candidate
+        return FrameRecord(step=data.step, node=node, iou=data.iou, obj_logit=data.obj_logit)
 
     def history(self, pathway: int) -> list[FrameRecord]:
         """Retained ancestry of a pathway, oldest first, ending with its latest node (input of
@@ -279,38 +277,61 @@ class PathwayTree:
         records.extend(self.record(n) for n in reversed(private))
         return records
 
-    def ancestor(self, node: int, frame: int) -> int:
-        """The ancestor of ``node`` at ``frame`` (``node`` itself if it is at ``frame``)."""
+    def ancestor(self, node: int, step: int) -> int:
+        """The ancestor of ``node`` at ``step`` (``node`` itself if it is at ``step``)."""
         current: int | None = node
-        while current is not None and self._nodes[current].frame > frame:
+        while current is not None and self._nodes[current].step > step:
             data = self._nodes[current]
             if data.committed:
                 break
             current = data.parent
-        if current is not None and self._nodes[current].frame == frame:
+        if current is not None and self._nodes[current].step == step:
             return current
         for trunk_node in self._trunk:
-            if self._nodes[trunk_node].frame == frame:
+            if self._nodes[trunk_node].step == step:
                 return trunk_node
-        raise KeyError(f"no retained ancestor of node {node} at frame {frame}")
+        raise KeyError(f"no retained ancestor of node {node} at step {step}")
+
+    # ------------------------------------------------------------------ payloads
+    def attach(self, node: int, payload: T) -> None:
+        """Store the predictor's data for a node created by the latest update."""
+        if node not in self._nodes:
+            raise KeyError(f"node {node} is not in the tree")
+        self._payloads[node] = payload
+
+    def payload(self, node: int) -> T:
+        """The data of a node; released nodes stay readable until the next update."""
+        if node in self._payloads:
+            return self._payloads[node]
+        if node in self._released_payloads:
+            return self._released_payloads[node]
+        raise KeyError(f"node {node} has no payload (never attached, or released before the last update)")
+
+    @property
+    def num_payloads(self) -> int:
+        """Payloads held, including those of nodes released by the latest update."""
+        return len(self._payloads) + len(self._released_payloads)
 
     # ------------------------------------------------------------------ updates
-    def start(self, frame: int, iou: float, obj_logit: float, candidate: int = -1) -> StepReport:
-        """Create the root: the single unbranched output of the first frame after the conditioning frame.
+    def start(self, step: int, iou: float, obj_logit: float, candidate: int = -1) -> StepReport:
+        """Create the root: the single unbranched output of the first step after the conditioning frame.
         All pathways start on it with score 0; it is committed immediately."""
         if self.started or self._closed:
             raise RuntimeError("the tree has already been started")
-        root = self._new_node(frame, None, candidate, iou, obj_logit, 0.0)
+        self._begin_update()
+        root = self._new_node(step, None, candidate, iou, obj_logit, 0.0)
         self._nodes[root].refs = self.num_pathways
         self._pathways = [root] * self.num_pathways
         self._scores = [0.0] * self.num_pathways
-        self._latest = frame
+        self._latest = step
         released: list[int] = []
         committed = self._commit_to(root, released)
-        return StepReport(created=((root, -1, candidate),), committed=tuple(committed), released=tuple(released))
+        return self._report(
+            (Created(root, -1, candidate, None, float(iou), float(obj_logit)),), committed, released
+        )
 
     def branch(
-        self, frame: int, iou: torch.Tensor, obj_logit: torch.Tensor, uncertainty: float, eps: float = 1e-5
+        self, step: int, iou: torch.Tensor, obj_logit: torch.Tensor, uncertainty: float, eps: float = 1e-5
     ) -> StepReport:
         """Select the next pathways from ``iou[P, K]`` / ``obj_logit[P]`` (see :func:`select_candidates`)
         and :meth:`advance` to them."""
@@ -318,30 +339,30 @@ class PathwayTree:
         parent, cand, score = select_candidates(
             self.scores, iou, obj_logit, self.num_pathways, uncertainty, eps
         )
-        return self.advance(frame, parent, cand, score, iou, obj_logit)
+        return self.advance(step, parent, cand, score, iou, obj_logit)
 
     def advance(
         self,
-        frame: int,
+        step: int,
         parent_idx: torch.Tensor | Sequence[int],
         cand_idx: torch.Tensor | Sequence[int],
         new_scores: torch.Tensor | Sequence[float],
         iou: torch.Tensor,
         obj_logit: torch.Tensor,
     ) -> StepReport:
-        """Move every pathway to its chosen branch at ``frame``.
+        """Move every pathway to its chosen branch at ``step``.
 
         Args:
             parent_idx, cand_idx, new_scores: output of :func:`select_candidates` (``P`` entries).
-            iou: ``[P, K]`` IoU predictions of this frame (the chosen one is recorded per node).
-            obj_logit: ``[P]`` object-score logits of this frame (recorded per node, from its parent's run).
+            iou: ``[P, K]`` IoU predictions of this step (the chosen one is recorded per node).
+            obj_logit: ``[P]`` object-score logits of this step (recorded per node, from its parent's run).
 
         Identical ``(parent node, candidate)`` choices share one node. Dead branches are released, the
         coalescence point is committed, and ``max_lag`` is enforced.
         """
         self._require_started()
-        if frame <= self._latest:  # type: ignore[operator]
-            raise ValueError(f"frame {frame} is not after the latest frame {self._latest}")
+        if step <= self._latest:  # type: ignore[operator]
+            raise ValueError(f"step {step} is not after the latest step {self._latest}")
         parents = [int(p) for p in _as_list(parent_idx)]
         cands = [int(k) for k in _as_list(cand_idx)]
         scores = [float(s) for s in _as_list(new_scores)]
@@ -357,6 +378,7 @@ class PathwayTree:
             if not 0 <= p < len(self._pathways) or not 0 <= k < len(iou_rows[p]):
                 raise ValueError(f"invalid branch (parent {p}, candidate {k})")
 
+        self._begin_update()
         created = []
         by_key: dict[tuple[int, int], int] = {}
         new_pathways = []
@@ -364,55 +386,56 @@ class PathwayTree:
             key = (self._pathways[p], k)
             node = by_key.get(key)
             if node is None:
-                node = self._new_node(frame, key[0], k, iou_rows[p][k], obj_rows[p], score)
+                node = self._new_node(step, key[0], k, iou_rows[p][k], obj_rows[p], score)
                 by_key[key] = node
-                created.append((node, p, k))
+                created.append(Created(node, p, k, key[0], iou_rows[p][k], obj_rows[p]))
             new_pathways.append(node)
 
         released: list[int] = []
         self._repoint(new_pathways, scores, released)
-        self._latest = frame
+        self._latest = step
         committed = self._commit_to(self._coalescence(), released)
         forced = None
-        if self.max_lag is not None and frame - self.committed_frame > self.max_lag:  # type: ignore[operator]
-            forced = frame - self.max_lag
+        if self.max_lag is not None and step - self.committed_step > self.max_lag:  # type: ignore[operator]
+            forced = step - self.max_lag
             self._force(forced, released)
             committed.extend(self._commit_to(self._coalescence(), released))
-        return StepReport(
-            created=tuple(created), committed=tuple(committed), released=tuple(released), forced_frame=forced
-        )
+        return self._report(tuple(created), committed, released, forced)
 
     def collapse(self) -> StepReport:
-        """A conditioning frame arrived: commit the best pathway's frames and put every pathway on its
+        """A conditioning frame arrived: commit the best pathway's steps and put every pathway on its
         latest node (score 0). The committed history stays available to memory selection."""
         self._require_started()
+        self._begin_update()
         released: list[int] = []
         best = self._pathways[self.best_pathway()]
         committed = self._commit_to(best, released)
         self._repoint([best] * self.num_pathways, [0.0] * self.num_pathways, released)
-        return StepReport(committed=tuple(committed), released=tuple(released))
+        return self._report((), committed, released)
 
-    def restart(self, frame: int, iou: float, obj_logit: float, candidate: int = -1) -> StepReport:
+    def restart(self, step: int, iou: float, obj_logit: float, candidate: int = -1) -> StepReport:
         """New root after a conditioning frame on an already started tree (see :meth:`start`).
 
         Call :meth:`collapse` at the conditioning frame first. Older committed history is kept, so a
         memory policy that looks past conditioning frames (SAM 2's) still finds it.
         """
         self._require_started()
-        if frame <= self._latest:  # type: ignore[operator]
-            raise ValueError(f"frame {frame} is not after the latest frame {self._latest}")
+        if step <= self._latest:  # type: ignore[operator]
+            raise ValueError(f"step {step} is not after the latest step {self._latest}")
+        self._begin_update()
         released: list[int] = []
-        root = self._new_node(frame, None, candidate, iou, obj_logit, 0.0)
+        root = self._new_node(step, None, candidate, iou, obj_logit, 0.0)
         self._repoint([root] * self.num_pathways, [0.0] * self.num_pathways, released)
-        self._latest = frame
+        self._latest = step
         committed = self._commit_to(root, released)
-        return StepReport(
-            created=((root, -1, candidate),), committed=tuple(committed), released=tuple(released)
+        return self._report(
+            (Created(root, -1, candidate, None, float(iou), float(obj_logit)),), committed, released
         )
 
     def finish(self) -> StepReport:
-        """End of video: commit the best pathway's remaining frames and release every node."""
+        """End of video: commit the best pathway's remaining steps and release every node."""
         self._require_started()
+        self._begin_update()
         released: list[int] = []
         committed = self._commit_to(self._pathways[self.best_pathway()], released)
         released.extend(self._nodes)
@@ -421,7 +444,7 @@ class PathwayTree:
         self._pathways = []
         self._scores = []
         self._closed = True
-        return StepReport(committed=tuple(committed), released=tuple(released))
+        return self._report((), committed, released)
 
     # ------------------------------------------------------------------ internals
     def _require_started(self) -> None:
@@ -430,12 +453,30 @@ class PathwayTree:
         if not self.started:
             raise RuntimeError("call start() first")
 
+    def _begin_update(self) -> None:
+        """Payloads released by the previous update are no longer readable."""
+        self._released_payloads.clear()
+
+    def _report(
+        self,
+        created: tuple[Created, ...],
+        committed: list[Commit],
+        released: list[int],
+        forced: int | None = None,
+    ) -> StepReport:
+        for node in released:
+            if node in self._payloads:
+                self._released_payloads[node] = self._payloads.pop(node)
+        return StepReport(
+            created=created, committed=tuple(committed), released=tuple(released), forced_step=forced
+        )
+
     def _new_node(
-        self, frame: int, parent: int | None, candidate: int, iou: float, obj_logit: float, score: float
+        self, step: int, parent: int | None, candidate: int, iou: float, obj_logit: float, score: float
     ) -> int:
         node = self._next_id
         self._next_id += 1
-        self._nodes[node] = _Node(frame, parent, candidate, float(iou), float(obj_logit), float(score))
+        self._nodes[node] = _Node(step, parent, candidate, float(iou), float(obj_logit), float(score))
         if parent is not None:
             self._nodes[parent].children += 1
         return node
@@ -468,18 +509,18 @@ class PathwayTree:
             frontier = {self._nodes[n].parent for n in frontier}  # type: ignore[misc]
         return frontier.pop()
 
-    def _force(self, frame: int, released: list[int]) -> None:
+    def _force(self, step: int, released: list[int]) -> None:
         best = self.best_pathway()
-        anchor = self.ancestor(self._pathways[best], frame)
+        anchor = self.ancestor(self._pathways[best], step)
         new_pathways = list(self._pathways)
         new_scores = list(self._scores)
         for p, node in enumerate(self._pathways):
-            if self.ancestor(node, frame) != anchor:
+            if self.ancestor(node, step) != anchor:
                 new_pathways[p] = self._pathways[best]
                 new_scores[p] = self._scores[best]
         self._repoint(new_pathways, new_scores, released)
 
-    def _commit_to(self, node: int, released: list[int]) -> list[tuple[int, int]]:
+    def _commit_to(self, node: int, released: list[int]) -> list[Commit]:
         chain = []
         while not self._nodes[node].committed:
             chain.append(node)
@@ -494,7 +535,7 @@ class PathwayTree:
             data.committed = True
             data.parent = None
             self._trunk.append(n)
-            committed.append((data.frame, n))
+            committed.append(Commit(data.step, n))
         if chain:
             self._compact(released)
         return committed

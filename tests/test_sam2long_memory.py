@@ -11,7 +11,6 @@ from sam2long.memory_policy import (
     FrameRecord,
     history_retention,
     is_reliable,
-    key_token_scale,
     memory_scores,
     modulation_weights,
     plan_memory,
@@ -20,15 +19,15 @@ from sam2long.memory_policy import (
 from sam2long.tree import PathwayTree
 
 
-def _history(entries, first_frame=1):
+def _history(entries, first_step=1):
     """Records for consecutive frames from (iou, obj_logit) pairs; node id = frame."""
-    return [FrameRecord(frame=first_frame + i, node=first_frame + i, iou=iou, obj_logit=obj) for i, (iou, obj) in enumerate(entries)]
+    return [FrameRecord(step=first_step + i, node=first_step + i, iou=iou, obj_logit=obj) for i, (iou, obj) in enumerate(entries)]
 
 
-def _plan(history, frame_idx, *, num_maskmem=7, max_ptrs=16, num_frames=1000, thr=0.1, selection=True):
+def _plan(history, step, *, num_maskmem=7, max_ptrs=16, num_frames=1000, thr=0.1, selection=True):
     return plan_memory(
         history,
-        frame_idx,
+        step,
         num_maskmem=num_maskmem,
         max_obj_ptrs_in_encoder=max_ptrs,
         num_frames=num_frames,
@@ -55,69 +54,69 @@ def test_unreliable_frames_are_skipped_but_latest_is_always_kept():
     # frames 1..6: good, bad-iou, occluded, good, occluded, occluded (latest)
     history = _history([GOOD, BAD_IOU, OCCLUDED, GOOD, OCCLUDED, OCCLUDED])
     plan = _plan(history, 7)
-    assert [r.frame for r in plan.kept] == [1, 4, 6]
+    assert [r.step for r in plan.kept] == [1, 4, 6]
     # spatial positions by rank: latest kept → t_pos 6, then 5, 4 (oldest first in the list)
-    assert [(m.frame, m.position) for m in plan.spatial] == [(1, 4), (4, 5), (6, 6)]
+    assert [(m.step, m.position) for m in plan.spatial] == [(1, 4), (4, 5), (6, 6)]
     # pointers: most recent first, distance = rank, never the oldest kept frame (official off-by-one)
-    assert [(m.frame, m.position) for m in plan.pointers] == [(6, 1), (4, 2)]
+    assert [(m.step, m.position) for m in plan.pointers] == [(6, 1), (4, 2)]
     assert [m.obj_logit for m in plan.spatial] == [3.0, 3.0, -1.0]
 
 
 def test_latest_frame_not_duplicated_when_reliable():
     plan = _plan(_history([GOOD, GOOD]), 3)
-    assert [r.frame for r in plan.kept] == [1, 2]
+    assert [r.step for r in plan.kept] == [1, 2]
 
 
 def test_first_branching_frame_has_no_non_cond_pointer():
     plan = _plan(_history([GOOD]), 2)
-    assert [r.frame for r in plan.kept] == [1]
-    assert [(m.frame, m.position) for m in plan.spatial] == [(1, 6)]
+    assert [r.step for r in plan.kept] == [1]
+    assert [(m.step, m.position) for m in plan.spatial] == [(1, 6)]
     assert plan.pointers == ()
 
 
 def test_threshold_changes_selection():
     history = _history([(0.2, 1.0), (0.35, 1.0), (0.25, 1.0)])
-    assert [r.frame for r in _plan(history, 4, thr=0.1).kept] == [1, 2, 3]
-    assert [r.frame for r in _plan(history, 4, thr=0.3).kept] == [2, 3]
+    assert [r.step for r in _plan(history, 4, thr=0.1).kept] == [1, 2, 3]
+    assert [r.step for r in _plan(history, 4, thr=0.3).kept] == [2, 3]
 
 
 def test_walk_limit_depends_on_pointer_budget_and_video_length():
     history = _history([GOOD] * 30)
     plan = _plan(history, 31, max_ptrs=16)
-    assert [r.frame for r in plan.kept] == list(range(16, 31))  # M - 1 = 15 reliable frames
-    assert len(plan.spatial) == 6 and [m.frame for m in plan.spatial] == list(range(25, 31))
+    assert [r.step for r in plan.kept] == list(range(16, 31))  # M - 1 = 15 reliable frames
+    assert len(plan.spatial) == 6 and [m.step for m in plan.spatial] == list(range(25, 31))
     assert len(plan.pointers) == 14 and plan.pointers[-1].position == 14
     # the budget is min(num_frames, max_obj_ptrs_in_encoder)
     plan = _plan(history, 31, max_ptrs=16, num_frames=10)
-    assert [r.frame for r in plan.kept] == list(range(22, 31))
+    assert [r.step for r in plan.kept] == list(range(22, 31))
 
 
 def test_latest_unreliable_frame_is_added_beyond_the_walk_limit():
     history = _history([GOOD] * 20 + [OCCLUDED])
     plan = _plan(history, 22, max_ptrs=16)
     assert len(plan.kept) == 16
-    assert plan.kept[-1].frame == 21 and plan.kept[0].frame == 6
+    assert plan.kept[-1].step == 21 and plan.kept[0].step == 6
     assert len(plan.pointers) == 15
 
 
 def test_spatial_memory_is_limited_to_num_maskmem_minus_one():
     plan = _plan(_history([GOOD] * 10), 11, num_maskmem=4)
-    assert [(m.frame, m.position) for m in plan.spatial] == [(8, 1), (9, 2), (10, 3)]
+    assert [(m.step, m.position) for m in plan.spatial] == [(8, 1), (9, 2), (10, 3)]
 
 
-def _official_layout(history, frame_idx, start, num_maskmem, max_ptrs, num_frames, thr):
+def _official_layout(history, step, start, num_maskmem, max_ptrs, num_frames, thr):
     """The official walk / spatial / pointer loops transcribed over frame indices (reference)."""
-    by_frame = {r.frame: r for r in history}
+    by_frame = {r.step: r for r in history}
     budget = min(num_frames, max_ptrs)
     valid = []
-    if frame_idx > start + 1:
-        for i in range(frame_idx - 1, start, -1):
+    if step > start + 1:
+        for i in range(step - 1, start, -1):
             if by_frame[i].iou > thr and by_frame[i].obj_logit > 0:
                 valid.insert(0, i)
             if len(valid) >= budget - 1:
                 break
-        if frame_idx - 1 not in valid:
-            valid.append(frame_idx - 1)
+        if step - 1 not in valid:
+            valid.append(step - 1)
     spatial = []
     for t_pos in range(1, num_maskmem):
         idx = t_pos - num_maskmem
@@ -141,29 +140,29 @@ def test_selection_matches_official_loops_on_random_histories():
         thr = rng.choice([0.1, 0.3])
         valid, spatial, pointers = _official_layout(history, length + 1, 0, kwargs["num_maskmem"], kwargs["max_ptrs"], kwargs["num_frames"], thr)
         plan = _plan(history, length + 1, thr=thr, **kwargs)
-        assert [r.frame for r in plan.kept] == valid
-        assert [(m.frame, m.position) for m in plan.spatial] == spatial
-        assert [(m.frame, m.position) for m in plan.pointers] == pointers
+        assert [r.step for r in plan.kept] == valid
+        assert [(m.step, m.position) for m in plan.spatial] == spatial
+        assert [(m.step, m.position) for m in plan.pointers] == pointers
 
 
 def test_selection_off_reproduces_sam2_layout():
     # frames 1..9 with frame 5 missing (compacted / never stored): positions follow frame distance
-    history = [r for r in _history([OCCLUDED] * 9) if r.frame != 5]
+    history = [r for r in _history([OCCLUDED] * 9) if r.step != 5]
     plan = _plan(history, 10, num_maskmem=7, max_ptrs=6, selection=False)
-    assert [(m.frame, m.position) for m in plan.spatial] == [(4, 1), (6, 3), (7, 4), (8, 5), (9, 6)]
-    assert [(m.frame, m.position) for m in plan.pointers] == [(9, 1), (8, 2), (7, 3), (6, 4)]
+    assert [(m.step, m.position) for m in plan.spatial] == [(4, 1), (6, 3), (7, 4), (8, 5), (9, 6)]
+    assert [(m.step, m.position) for m in plan.pointers] == [(9, 1), (8, 2), (7, 3), (6, 4)]
 
 
 @pytest.mark.parametrize("selection", [True, False])
-def test_reverse_tracking_in_negated_frames_mirrors_forward(selection):
-    """Reverse tracking runs the policy on steps -frame: visiting frames 12, 11, ..., 7 and then
-    frame 6 must give the same memory layout as visiting frames 1..6 and then frame 7."""
+def test_layout_depends_only_on_step_offsets(selection):
+    """The policy sees processing steps, not frames: a history shifted in time (a propagation that
+    started later, or runs backwards through the video) gives the same layout relative to the step."""
     entries = [GOOD, BAD_IOU, GOOD, OCCLUDED, GOOD, GOOD]
-    forward = _plan(_history(entries, first_frame=1), 7, selection=selection)
-    backward = _plan(_history(entries, first_frame=-12), -6, selection=selection)
-    assert backward.pointers, "pointers must be found on negative steps"
-    for fwd, bwd in ((forward.spatial, backward.spatial), (forward.pointers, backward.pointers)):
-        assert [(m.frame - 7, m.position) for m in fwd] == [(m.frame + 6, m.position) for m in bwd]
+    early = _plan(_history(entries, first_step=1), 7, selection=selection)
+    late = _plan(_history(entries, first_step=31), 37, selection=selection)
+    assert late.pointers, "pointers must be found"
+    for a, b in ((early.spatial, late.spatial), (early.pointers, late.pointers)):
+        assert [(m.step - 7, m.position) for m in a] == [(m.step - 37, m.position) for m in b]
 
 
 def test_history_must_be_ordered_and_in_the_past():
@@ -208,12 +207,6 @@ def test_modulation_weights_from_a_plan():
     assert ptr_w[0].tolist() == pytest.approx([1.2, 1.05, 0.9])
 
 
-def test_key_token_scale_expands_entries_to_tokens():
-    scale = key_token_scale(torch.tensor([[0.9, 1.1]]), torch.tensor([[1.0, 0.5]]), 3, 2)
-    assert scale[0].tolist() == pytest.approx([0.9, 0.9, 0.9, 1.1, 1.1, 1.1, 1.0, 1.0, 0.5, 0.5])
-    assert key_token_scale(torch.tensor([[0.9, 1.1]]), None, 2, 4).shape == (1, 4)
-
-
 @pytest.mark.parametrize("selection", [True, False])
 def test_compacted_tree_history_gives_the_same_memory_as_full_history(selection):
     """The tree may drop committed history; plans must not change (exactness of the retention rule)."""
@@ -238,7 +231,7 @@ def test_compacted_tree_history_gives_the_same_memory_as_full_history(selection)
         iou = torch.tensor([rows[i][0] for i in inverse.tolist()])
         obj = torch.tensor([rows[i][1] for i in inverse.tolist()])
         report = tree.branch(frame, iou, obj, 2.0)
-        for node, parent, _ in report.created:
+        for node, parent, *_ in report.created:
             full[node] = full[nodes[parent]] + [tree.record(node)]
     assert dropped > 50  # the tree really did drop most of the history
 

@@ -1,8 +1,8 @@
 """End-to-end tests of SAM2LongVideoPredictor on real frames with seeded random weights (CPU, 256 px).
 
 Ground truths are model-independent: SAM 2's own predictor (P=1 equivalence), an offline back-track
-of the full search recorded during the run (streaming exactness), and the same objects tracked one
-at a time (batching).
+of the full search recorded through the predictor's public pathway records (streaming exactness), and
+the same objects tracked one at a time (batching).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from sam2.build_sam import build_sam2_video_predictor
-from sam2long import SAM2LongConfig, SAM2LongVideoPredictor, build_sam2long_video_predictor
-from sam2long.tree import PathwayTree, is_certain
+from sam2long import SAM2LongVideoPredictor, build_sam2long_video_predictor
+from sam2long.predictor import PathwayStep
+from sam2long.tree import PathwayTree
 
 CFG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 OVERRIDES = ["++model.image_size=256"]
@@ -113,92 +114,53 @@ def test_single_pathway_equals_sam2_for_batched_objects(ckpt: Path, frames: Path
 
 
 class _SearchRecorder:
-    """Records every node the trees create, its mask, and the final best pathways, so the official
-    answer (back-track from the best pathway after the last frame) can be rebuilt offline."""
+    """Collects the predictor's public pathway records: every node the trees create (with parent, frame
+    and mask) and each object's final pathways, so the official answer (back-track from the best pathway
+    after the last frame) can be rebuilt offline."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.parent: dict[tuple[int, int], int | None] = {}
-        self.frame: dict[tuple[int, int], int] = {}
-        self.mask: dict[tuple[int, int], torch.Tensor] = {}
-        self.best: dict[int, int] = {}
-        self.certain: list[bool] = []
-        self.distinct: list[int] = []
-        self.trees: dict[int, int] = {}
-        self.max_nodes = 0
-        rec = self
+    def __init__(self) -> None:
+        self.steps: list[PathwayStep] = []
 
-        orig_new_node = PathwayTree._new_node
-        orig_branch = PathwayTree.branch
-        orig_finish = PathwayTree.finish
-        orig_encode = SAM2LongVideoPredictor._encode_nodes
+    def __call__(self, record: PathwayStep) -> None:
+        self.steps.append(record)
 
-        def new_node(tree, frame, parent, *args):
-            node = orig_new_node(tree, frame, parent, *args)
-            rec.parent[(id(tree), node)] = parent
-            rec.frame[(id(tree), node)] = frame
-            return node
+    def branches(self) -> list[PathwayStep]:
+        return [r for r in self.steps if r.kind == "branch"]
 
-        def branch(tree, frame, iou, obj_logit, uncertainty, eps=1e-5):
-            rec.certain.append(is_certain(obj_logit, uncertainty))
-            report = orig_branch(tree, frame, iou, obj_logit, uncertainty, eps)
-            rec.distinct.append(len(set(tree.pathway_nodes)))
-            rec.max_nodes = max(rec.max_nodes, tree.num_stored_nodes)
-            return report
-
-        def finish(tree):
-            rec.best[id(tree)] = tree.pathway_nodes[tree.best_pathway()]
-            return orig_finish(tree)
-
-        def encode(predictor, state, frame_idx, encode_list, low_res, *args):
-            orig_encode(predictor, state, frame_idx, encode_list, low_res, *args)
-            for track, node, _, _ in encode_list:
-                rec.trees[id(track.tree)] = track.obj_idx
-                rec.mask[(id(track.tree), node)] = track.nodes[node].pred_masks.clone()
-
-        monkeypatch.setattr(PathwayTree, "_new_node", new_node)
-        monkeypatch.setattr(PathwayTree, "branch", branch)
-        monkeypatch.setattr(PathwayTree, "finish", finish)
-        monkeypatch.setattr(SAM2LongVideoPredictor, "_encode_nodes", encode)
-
-    def best_path_masks(self) -> dict[int, dict[int, torch.Tensor]]:
+    def best_path_masks(self, obj_ids) -> dict[int, dict[int, torch.Tensor]]:
         """{obj_idx: {frame: low-res logits}} along each object's final best pathway."""
         out: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
-        for tree_id, obj_idx in self.trees.items():
-            node = self.best[tree_id]
+        for obj_idx, obj_id in enumerate(obj_ids):
+            records = [r for r in self.steps if r.obj_id == obj_id]
+            nodes = {c.node: (r.frame_idx, c) for r in records for c in r.created}
+            end = next(r for r in records if r.kind == "end")
+            node = end.pathway_nodes[end.best_pathway]
             while node is not None:
-                out[obj_idx][self.frame[(tree_id, node)]] = self.mask[(tree_id, node)]
-                node = self.parent[(tree_id, node)]
+                frame_idx, created = nodes[node]
+                out[obj_idx][frame_idx] = created.pred_masks
+                node = created.parent
         return out
 
 
-def _max_abs_obj_logits(ckpt: Path, frames: Path, monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    seen: list[float] = []
-    orig = PathwayTree.branch
-
-    def branch(tree, frame, iou, obj_logit, uncertainty, eps=1e-5):
-        seen.append(float(obj_logit.abs().max()))
-        return orig(tree, frame, iou, obj_logit, uncertainty, eps)
-
-    with monkeypatch.context() as m:
-        m.setattr(PathwayTree, "branch", branch)
-        _run(_sam2long(ckpt), frames, objects=(1, 2))
-    return seen
+def _max_abs_obj_logits(ckpt: Path, frames: Path) -> list[float]:
+    rec = _SearchRecorder()
+    _run(_sam2long(ckpt), frames, objects=(1, 2), observer=rec)
+    return [max(abs(v) for v in r.obj_logits) for r in rec.branches()]
 
 
-def test_streamed_output_equals_end_of_video_best_path(
-    ckpt: Path, frames: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_streamed_output_equals_end_of_video_best_path(ckpt: Path, frames: Path) -> None:
     # Pick δ_conf inside the observed range of max |object logit| so both selection rules occur.
-    observed = sorted(set(_max_abs_obj_logits(ckpt, frames, monkeypatch)))
+    observed = sorted(set(_max_abs_obj_logits(ckpt, frames)))
     assert len(observed) >= 2, f"object logits do not vary across frames: {observed}"
     uncertainty = (observed[len(observed) // 2 - 1] + observed[len(observed) // 2]) / 2
 
-    rec = _SearchRecorder(monkeypatch)
-    streamed = _run(_sam2long(ckpt, uncertainty=uncertainty), frames, objects=(1, 2))
-    assert any(rec.certain) and not all(rec.certain), "both selection rules must occur"
-    assert max(rec.distinct) > 1, "pathways never diverged"
+    rec = _SearchRecorder()
+    streamed = _run(_sam2long(ckpt, uncertainty=uncertainty), frames, objects=(1, 2), observer=rec)
+    certain = [r.certain for r in rec.branches()]
+    assert any(certain) and not all(certain), "both selection rules must occur"
+    assert max(len(set(r.pathway_nodes)) for r in rec.branches()) > 1, "pathways never diverged"
 
-    reference = rec.best_path_masks()
+    reference = rec.best_path_masks((1, 2))
     assert sorted(streamed) == list(range(NUM_FRAMES))
     for obj_idx, per_frame in reference.items():
         assert sorted(per_frame) == list(range(1, NUM_FRAMES)), "every tracked frame is on the best path"
@@ -207,26 +169,41 @@ def test_streamed_output_equals_end_of_video_best_path(
                 low_res, size=(270, 480), mode="bilinear", align_corners=False
             )
             assert torch.equal(streamed[frame_idx][obj_idx : obj_idx + 1], expected), (obj_idx, frame_idx)
-    # Node storage stays bounded by the live pathways plus the retained history.
-    assert rec.max_nodes <= 3 * NUM_FRAMES
+    # Every frame is committed exactly once per object, and node storage stays bounded.
+    for obj_id in (1, 2):
+        committed = [f for r in rec.steps if r.obj_id == obj_id for f in r.committed_frames]
+        assert sorted(committed) == list(range(1, NUM_FRAMES))
+    assert max(r.stored_nodes for r in rec.steps) <= 3 * NUM_FRAMES
 
 
-def _max_emit_lag(predictor, frames: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+def test_pathway_records_describe_every_frame(ckpt: Path, frames: Path) -> None:
+    """The public record: one entry per object and frame (plus "end"), scores per pathway, in order."""
+    rec = _SearchRecorder()
+    _run(_sam2long(ckpt), frames, objects=(1, 3), observer=rec)
+    for obj_id, first_prompt in ((1, 0), (3, 3)):
+        records = [r for r in rec.steps if r.obj_id == obj_id]
+        assert [r.frame_idx for r in records] == list(range(NUM_FRAMES)) + [None]
+        kinds = [r.kind for r in records]
+        assert kinds[first_prompt] == "prompt" and kinds[-1] == "end"
+        assert kinds[first_prompt + 1] == "root"
+        assert all(k == "branch" for k in kinds[first_prompt + 2 : -1])
+        assert all(k in ("root", "greedy") for k in kinds[:first_prompt])
+        for r in records:
+            if r.kind in ("branch", "end"):
+                assert len(r.scores) == len(r.ious) == len(r.obj_logits) == 3
+                assert r.scores[r.best_pathway] == max(r.scores)
+            if r.kind == "branch":
+                assert r.certain is not None and all(-1e9 < s <= 0 for s in r.scores)
+
+
+def _max_emit_lag(predictor, frames: Path) -> int:
     """Largest number of frames processed beyond a frame before it was emitted."""
     state = predictor.init_state(str(frames))
     PROMPTS[1](predictor, state)
-    processed = []
-    orig = SAM2LongVideoPredictor._tree_step
-
-    def tree_step(self, state, tracks, frame_idx, step, reverse):
-        processed.append(frame_idx)
-        return orig(self, state, tracks, frame_idx, step, reverse)
-
+    processed: list[int] = []
     lags = {}
-    with monkeypatch.context() as m:
-        m.setattr(SAM2LongVideoPredictor, "_tree_step", tree_step)
-        for frame_idx, _, _ in predictor.propagate_in_video(state):
-            lags[frame_idx] = len(processed) - (frame_idx + 1)
+    for frame_idx, _, _ in predictor.propagate_in_video(state, observer=lambda r: processed.append(r.frame_idx)):
+        lags[frame_idx] = len([f for f in processed if f is not None]) - (frame_idx + 1)
     assert sorted(lags) == list(range(NUM_FRAMES))
     return max(lag for f, lag in lags.items() if f < NUM_FRAMES - 1)
 
@@ -235,17 +212,17 @@ def test_max_lag_bounds_latency(ckpt: Path, frames: Path, monkeypatch: pytest.Mo
     """Pathways that never coalesce delay every frame to the end of the exact search; max_lag=1 still
     emits each frame at most one frame late."""
 
-    def separate_lineages(tree, frame, iou, obj_logit, uncertainty, eps=1e-5):
+    def separate_lineages(tree, step, iou, obj_logit, uncertainty, eps=1e-5):
         # Pathway p takes candidate p once, then candidate 0 of itself: lineages never merge.
         P = tree.num_pathways
         first = len(set(tree.pathway_nodes)) == 1
         cands = list(range(P)) if first else [0] * P
         scores = [float(tree.scores[p]) + float(torch.log(iou[p, cands[p]] + eps)) for p in range(P)]
-        return tree.advance(frame, list(range(P)), cands, scores, iou, obj_logit)
+        return tree.advance(step, list(range(P)), cands, scores, iou, obj_logit)
 
     monkeypatch.setattr(PathwayTree, "branch", separate_lineages)
-    exact = _max_emit_lag(_sam2long(ckpt), frames, monkeypatch)
-    bounded = _max_emit_lag(_sam2long(ckpt, max_lag=1), frames, monkeypatch)
+    exact = _max_emit_lag(_sam2long(ckpt), frames)
+    bounded = _max_emit_lag(_sam2long(ckpt, max_lag=1), frames)
     assert exact == NUM_FRAMES - 3, "the exact search decides only at the end"
     assert bounded <= 1
 
@@ -299,13 +276,67 @@ def test_any_image_size_and_store_outputs_off(make_checkpoint, frames: Path) -> 
     assert not state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
 
 
-def test_builder_config_and_presets(ckpt: Path) -> None:
-    paper = _sam2long(ckpt, config="paper")
-    assert paper.sam2long == SAM2LongConfig.from_preset("paper")
-    assert paper.sam2long.iou_threshold == 0.3
-    custom = SAM2LongConfig(num_pathways=2, memory_modulation=None)
-    assert _sam2long(ckpt, config=custom).sam2long is custom
-    with pytest.raises(ValueError, match="either"):
-        _sam2long(ckpt, config="paper", num_pathways=5)
-    with pytest.raises(ValueError):
-        _sam2long(ckpt, num_pathways=0)
+# --- SAM 2 options under SAM2Long ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, option",
+    [
+        ("++model.memory_temporal_stride_for_eval=2", "memory_temporal_stride_for_eval"),
+        ("++model.non_overlap_masks_for_mem_enc=true", "non_overlap_masks_for_mem_enc"),
+        ("++model.num_maskmem=1", "num_maskmem"),
+    ],
+)
+def test_options_the_tree_cannot_honour_are_refused_at_build_time(override: str, option: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        build_sam2long_video_predictor(CFG, None, device="cpu", hydra_overrides_extra=[*OVERRIDES, override])
+
+
+def test_clear_non_cond_mem_around_input_is_honoured(ckpt: Path, frames: Path) -> None:
+    """With SAM 2's layout and P=1 the option gives exactly SAM 2's result, and it changes the result."""
+    option = ["++model.clear_non_cond_mem_around_input=true"]
+
+    def run(predictor):
+        state = predictor.init_state(str(frames))
+        PROMPTS[2](predictor, state)
+        predictor.add_new_points_or_box(state, 3, 2, points=[[300, 150]], labels=[1])
+        return {f: m.clone() for f, _, m in predictor.propagate_in_video(state)}
+
+    sam2 = build_sam2_video_predictor(
+        CFG, ckpt, device="cpu", hydra_overrides_extra=OVERRIDES + option, apply_postprocessing=False
+    )
+    ref = run(sam2)
+    greedy = _sam2long(
+        ckpt,
+        num_pathways=1,
+        memory_modulation=None,
+        memory_selection=False,
+        hydra_overrides_extra=OVERRIDES + option,
+    )
+    ours = run(greedy)
+    without = run(_greedy(ckpt))
+    assert sorted(ours) == sorted(ref) == list(range(NUM_FRAMES))
+    for f in ref:
+        assert torch.equal(ours[f], ref[f]), f
+    assert any(not torch.equal(ours[f], without[f]) for f in range(4, NUM_FRAMES)), "the option had no effect"
+
+
+def test_non_overlap_applies_across_objects_of_the_output_only(ckpt: Path, frames: Path) -> None:
+    """``non_overlap_masks`` resolves overlaps between the objects' final masks; it never changes what
+    the pathways track (memories are encoded per pathway, unconstrained)."""
+    from sam2.modeling.sam2_utils import apply_non_overlapping_constraints
+
+    free = _run(_sam2long(ckpt), frames, objects=(1, 2), start_frame_idx=0)
+    constrained = _run(
+        _sam2long(ckpt, hydra_overrides_extra=OVERRIDES + ["++model.non_overlap_masks=true"]),
+        frames,
+        objects=(1, 2),
+        start_frame_idx=0,
+    )
+    overlapped = False
+    for f in free:
+        both = (free[f][0] > 0) & (free[f][1] > 0)
+        overlapped |= bool(both.any())
+        assert torch.equal(constrained[f], apply_non_overlapping_constraints(free[f])), f
+        assert not ((constrained[f][0] > 0) & (constrained[f][1] > 0)).any()
+    assert overlapped, "test needs overlapping objects"

@@ -14,7 +14,6 @@ from sam2long.tree import (
     build_tree,
     is_certain,
     select_candidates,
-    select_candidates_batched,
 )
 
 EPS = 1e-5
@@ -151,26 +150,14 @@ def test_matches_official_loop_on_random_inputs():
         assert got[2] == pytest.approx(expected[2], abs=1e-12)
 
 
-def test_batched_selection_equals_per_object():
-    torch.manual_seed(0)
-    scores = torch.randn(4, 3, dtype=torch.float64)
-    ious = torch.rand(4, 3, 3)
-    obj = torch.randn(4, 3) * 3
-    parent, cand, new = select_candidates_batched(scores, ious, obj, 3, 2.0)
-    assert parent.shape == cand.shape == new.shape == (4, 3)
-    for n in range(4):
-        p, k, s = select_candidates(scores[n], ious[n], obj[n], 3, 2.0)
-        assert torch.equal(parent[n], p) and torch.equal(cand[n], k) and torch.equal(new[n], s)
-
-
 def _row(vals):
     return torch.tensor(vals, dtype=torch.float32)
 
 
 def test_start_commits_root_and_dedupes_copies():
     tree = PathwayTree(3)
-    report = tree.start(frame=1, iou=0.9, obj_logit=5.0, candidate=2)
-    (root, parent, cand), = report.created
+    report = tree.start(step=1, iou=0.9, obj_logit=5.0, candidate=2)
+    (root, parent, cand, *_), = report.created
     assert (parent, cand) == (-1, 2)
     assert report.committed == ((1, root),)
     assert tree.pathway_nodes == (root, root, root)
@@ -180,7 +167,7 @@ def test_start_commits_root_and_dedupes_copies():
     report = tree.branch(2, _row([[0.5, 0.8, 0.6]] * 3), _row([4.0] * 3), uncertainty=2.0)
     assert len(report.created) == 1
     node = report.created[0][0]
-    assert tree.candidate(node) == 1
+    assert report.created[0].candidate == 1 and report.created[0].parent == root
     assert report.committed == ((2, node),)
     assert tree.scores.tolist() == pytest.approx([math.log(float(np.float32(0.8)) + EPS)] * 3)
 
@@ -190,16 +177,16 @@ def test_divergence_then_coalescence_commits_shared_prefix():
     tree.start(1, 0.9, 5.0)
     # frame 2: uncertain → two distinct candidates of the root → two nodes, nothing committed yet
     r2 = tree.branch(2, _row([[0.9, 0.6, 0.1]] * 2), _row([0.5, 0.5]), uncertainty=2.0)
-    a, b = (n for n, _, _ in r2.created)
+    a, b = (n for n, *_ in r2.created)
     assert r2.committed == ()
-    assert tree.committed_frame == 1
+    assert tree.committed_step == 1
     # frame 3: certain; both survivors descend from node a (pathway 0) → frames 2 committed to a
     r3 = tree.branch(3, _row([[0.9, 0.8, 0.1], [0.2, 0.1, 0.1]]), _row([5.0, 5.0]), uncertainty=2.0)
     assert [f for f, _ in r3.committed] == [2]
     assert r3.committed[0][1] == a
     assert b in r3.released
-    assert tree.committed_frame == 2
-    assert [r.frame for r in tree.history(1)] == [1, 2, 3]
+    assert tree.committed_step == 2
+    assert [r.step for r in tree.history(1)] == [1, 2, 3]
     assert tree.history(1)[-1].iou == pytest.approx(0.8)
 
 
@@ -208,7 +195,7 @@ def test_history_records_iou_of_chosen_candidate_and_parent_obj_logit():
     tree.start(5, 0.7, 1.5)
     tree.branch(6, _row([[0.9, 0.6, 0.1]] * 2), _row([-0.5, -0.5]), uncertainty=2.0)
     hist = tree.history(1)
-    assert [(r.frame, r.iou, r.obj_logit) for r in hist] == [
+    assert [(r.step, r.iou, r.obj_logit) for r in hist] == [
         (5, pytest.approx(0.7), 1.5),
         (6, pytest.approx(0.6), -0.5),
     ]
@@ -248,7 +235,7 @@ def _lineage_run(num_pathways, steps, seed, max_lag=None, history=(None, None)):
         before = tree.pathway_nodes
         report = tree.branch(frame, iou, obj, uncertainty=2.0)
         reports.append(report)
-        for node, parent, cand in report.created:
+        for node, parent, cand, *_ in report.created:
             lineage[node] = lineage[before[parent]] + (cand,)
         for f, n in report.committed:
             emitted[f] = lineage[n]
@@ -288,7 +275,7 @@ def test_every_frame_committed_once_and_all_nodes_released():
     _, _, reports = _lineage_run(3, 30, seed=3)
     frames = [f for r in reports for f, _ in r.committed]
     assert frames == sorted(frames) and len(frames) == len(set(frames)) == 31
-    created = {n for r in reports for n, _, _ in r.created}
+    created = {n for r in reports for n, *_ in r.created}
     released = [n for r in reports for n in r.released]
     assert len(released) == len(set(released))
     assert set(released) == created
@@ -309,14 +296,14 @@ def test_max_lag_forces_commitment_to_best_pathway():
     uncertain = _row([0.5, 0.5])
     # frame 2: two distinct candidates of the root survive (uncertain frame) → lines A (iou .9) and B (.5)
     r2 = tree.branch(2, _row([[0.9, 0.5, 0.05]] * 2), uncertain, 2.0)
-    node_a, node_b = (n for n, _, _ in r2.created)
+    node_a, node_b = (n for n, *_ in r2.created)
     # each line only proposes one distinct IoU, so both lines survive on their own: no coalescence
     split = _row([[0.9, 0.9, 0.9], [0.5, 0.5, 0.5]])
     r3 = tree.branch(3, split, uncertain, 2.0)
-    assert r3.committed == () and r3.forced_frame is None
+    assert r3.committed == () and r3.forced_step is None
     r4 = tree.branch(4, split, uncertain, 2.0)
     # lag 4 - 1 > 2 → frame 2 is decided for the best pathway (line A); line B is replaced by a copy of A
-    assert r4.forced_frame == 2
+    assert r4.forced_step == 2
     assert [f for f, _ in r4.committed] == [2, 3, 4]
     assert r4.committed[0][1] == node_a
     assert node_b in r4.released
@@ -329,15 +316,15 @@ def test_max_lag_forces_commitment_to_best_pathway():
 def test_forced_pruning_copies_best_pathway():
     tree = PathwayTree(3, max_lag=1)
     tree.start(1, 0.9, 4.0)
-    tree.branch(2, _row([[0.9, 0.5, 0.3]] * 3), _row([0.5] * 3), 2.0)
+    r2 = tree.branch(2, _row([[0.9, 0.5, 0.3]] * 3), _row([0.5] * 3), 2.0)
     # frame 3: pathways keep their own lines; max_lag 1 forces frame 2 to pathway 0's choice
     report = tree.branch(3, _row([[0.9, 0.5, 0.3], [0.9, 0.5, 0.3], [0.9, 0.5, 0.3]]), _row([5.0] * 3), 2.0)
-    assert report.forced_frame == 2
-    assert tree.committed_frame >= 2
+    assert report.forced_step == 2
+    assert tree.committed_step >= 2
     anchor = tree.ancestor(tree.pathway_nodes[0], 2)
     for node in tree.pathway_nodes:
         assert tree.ancestor(node, 2) == anchor
-    assert tree.candidate(anchor) == 0
+    assert anchor == next(c.node for c in r2.created if c.candidate == 0)
 
 
 def test_memory_stays_bounded_with_max_lag_and_history_limit():
@@ -374,3 +361,28 @@ def test_build_tree_from_config():
     assert (tree.num_pathways, tree.max_lag, tree.history_size) == (4, 6, 16)
     assert tree.history_filter(FrameRecord(1, 1, 0.2, 1.0)) and not tree.history_filter(FrameRecord(1, 1, 0.05, 1.0))
     assert build_tree(SAM2LongConfig(memory_selection=False), num_maskmem=7, max_obj_ptrs_in_encoder=16, num_frames=50).history_filter is None
+
+
+def test_tree_owns_payloads_and_frees_released_ones_after_the_next_update():
+    tree: PathwayTree[str] = PathwayTree(2, history_size=0)
+    root = tree.start(1, 0.9, 4.0).created[0].node
+    tree.attach(root, "root")
+    r2 = tree.branch(2, _row([[0.9, 0.5, 0.3]] * 2), _row([0.5] * 2), 2.0)  # uncertain: two children
+    for c in r2.created:
+        tree.attach(c.node, f"n{c.candidate}")
+    a, b = (c.node for c in r2.created)
+    # frame 3: both pathways descend from a -> b is released, frame 2 committed to a, root compacted away
+    r3 = tree.branch(3, _row([[0.9, 0.5, 0.3], [0.1, 0.1, 0.1]]), _row([5.0, 5.0]), 2.0)
+    for c in r3.created:
+        tree.attach(c.node, "x")
+    assert b in r3.released and root in r3.released
+    assert [(c.step, c.node) for c in r3.committed][0] == (2, a)
+    assert tree.payload(b) == "n1" and tree.payload(root) == "root", "readable until the next update"
+    tree.branch(4, _row([[0.9, 0.5, 0.3]] * 2), _row([5.0, 5.0]), 2.0)
+    for node in (b, root):
+        with pytest.raises(KeyError):
+            tree.payload(node)
+    assert tree.payload(a) == "n0"
+    assert tree.num_payloads <= tree.num_stored_nodes + len(r3.released)
+    with pytest.raises(KeyError):
+        tree.attach(b, "late")

@@ -14,17 +14,31 @@ SAM2Long); nothing here assumes a particular meaning for it.
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.init import trunc_normal_
 
+from sam2.engine import Candidates, FrameFeatures, NewMemories
+from sam2.modeling.memory import (
+    ItemMemory,
+    ItemTokens,
+    MemoryBatch,
+    PointerMemory,
+    SpatialMemory,
+    pad_and_stack,
+)
 from sam2.modeling.sam.mask_decoder import MaskDecoder
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
 from sam2.modeling.sam.transformer import TwoWayTransformer
-from sam2.modeling.sam2_utils import MLP, get_1d_sine_pe, select_closest_cond_frames
+from sam2.modeling.sam2_utils import (
+    MLP,
+    apply_non_overlapping_constraints,
+    get_1d_sine_pe,
+    select_closest_cond_frames,
+)
 
 # Mask logit written over a whole frame whose object is predicted to be absent.
 NO_OBJ_SCORE = -1024.0
@@ -479,63 +493,131 @@ class SAM2Base(nn.Module):
     ) -> Tensor:
         """Fuse the current frame's top-level features with the memory bank -> ``[B, C, H, W]``."""
         curr = current_vision_feats[-1]
-        batch, channels = curr.size(1), self.hidden_dim
-        height, width = feat_sizes[-1]
-
-        def to_map(seq: Tensor) -> Tensor:
-            return seq.permute(1, 2, 0).view(batch, channels, height, width)
-
+        batch = curr.size(1)
         if self.num_maskmem == 0:
             # Memory disabled (plain SAM on images).
-            return to_map(curr)
+            return self._to_feature_map(curr, feat_sizes[-1])
 
         if is_init_cond_frame:
             if self.directly_add_no_mem_embed:
-                return to_map(curr + self.no_mem_embed)
+                return self._to_feature_map(curr + self.no_mem_embed, feat_sizes[-1])
             # One dummy "no memory" token keeps the attention input non-empty.
-            memory = self.no_mem_embed.expand(1, batch, self.mem_dim)
-            memory_pos = self.no_mem_pos_enc.expand(1, batch, self.mem_dim)
-            num_obj_ptr_tokens = 0
+            memory = MemoryBatch(
+                memory=self.no_mem_embed.expand(1, batch, self.mem_dim),
+                memory_pos=self.no_mem_pos_enc.expand(1, batch, self.mem_dim),
+                num_obj_ptr_tokens=0,
+            )
         else:
-            memory, memory_pos, num_obj_ptr_tokens = self._assemble_memory(
-                frame_idx, curr, output_dict, num_frames, track_in_reverse
+            item = self._memory_item(
+                *self._select_memory_entries(frame_idx, output_dict, num_frames, track_in_reverse)
             )
+            memory = self.assemble_memory([item], num_frames, curr.device, curr.dtype)
+        return self._attend_memory(
+            current_vision_feats[-1:], current_vision_pos_embeds[-1:], feat_sizes[-1], memory
+        )
 
+    def _to_feature_map(self, seq: Tensor, size: tuple[int, int]) -> Tensor:
+        """``[h*w, B, C]`` tokens -> ``[B, C, h, w]`` map."""
+        return seq.permute(1, 2, 0).view(seq.size(1), self.hidden_dim, *size)
+
+    def _attend_memory(
+        self, vision_feats: list[Tensor], vision_pos: list[Tensor], size: tuple[int, int], memory: MemoryBatch
+    ) -> Tensor:
+        """Memory attention of the top-level tokens on a memory batch -> ``[B, C, h, w]``."""
         fused = self.memory_attention(
-            curr=current_vision_feats,
-            curr_pos=current_vision_pos_embeds,
-            memory=memory,
-            memory_pos=memory_pos,
-            num_obj_ptr_tokens=num_obj_ptr_tokens,
+            curr=vision_feats,
+            curr_pos=vision_pos,
+            memory=memory.memory,
+            memory_pos=memory.memory_pos,
+            num_obj_ptr_tokens=memory.num_obj_ptr_tokens,
+            memory_key_scale=memory.key_scale,
+            memory_key_mask=memory.key_mask,
         )
-        return to_map(fused)
+        return self._to_feature_map(fused, size)
 
-    def _assemble_memory(
-        self,
-        frame_idx: int,
-        curr: Tensor,
-        output_dict: dict[str, dict[int, FrameOutput]],
-        num_frames: int,
-        track_in_reverse: bool,
-    ) -> tuple[Tensor, Tensor, int]:
-        """Build the memory token sequence ``[L, B, mem_dim]``, its positions and #pointer tokens.
+    # ------------------------------------------------------------------ memory assembly (engine)
 
-        Spatial memories come first, object-pointer tokens last (memory attention skips RoPE
-        on those trailing pointer tokens).
+    def assemble_memory(
+        self, items: Sequence[ItemMemory], num_frames: int, device: torch.device, dtype: torch.dtype
+    ) -> MemoryBatch:
+        """Turn memory items into the (padded) memory-attention inputs of one batch.
+
+        Spatial memories become ``h*w`` tokens each, positioned by the memory's spatial encoding
+        plus ``maskmem_tpos_enc[tpos_index]``; pointers get the sine encoding of their distance
+        divided by the largest one (``min(num_frames, max_obj_ptrs_in_encoder) - 1``) and, when
+        ``mem_dim`` is smaller than the hidden size, are split into ``C // mem_dim`` tokens.
+        Features are cast to ``dtype`` (that of the current frame) on ``device``.
         """
-        memory_entries, pointer_entries = self._select_memory_entries(
-            frame_idx, output_dict, num_frames, track_in_reverse
+        return pad_and_stack([self._item_tokens(item, num_frames, device, dtype) for item in items], dtype)
+
+    def _item_tokens(
+        self, item: ItemMemory, num_frames: int, device: torch.device, dtype: torch.dtype
+    ) -> ItemTokens:
+        """One item's tokens and positions (see :meth:`assemble_memory`)."""
+        batch = item.batch_size
+        tokens, positions = [], []
+        for entry in item.spatial:
+            feats = entry.features.to(device=device, dtype=dtype, non_blocking=True)
+            tokens.append(feats.flatten(2).permute(2, 0, 1))
+            pos = entry.pos_enc.to(device).flatten(2).permute(2, 0, 1)
+            pos = pos + self.maskmem_tpos_enc[entry.tpos_index]
+            positions.append(pos.expand(-1, batch, -1))
+        tokens_per_frame = tokens[0].size(0)
+        ptr_tokens = ptr_pos = None
+        split = 1
+        if item.pointers:
+            channels = self.hidden_dim
+            obj_ptrs = torch.stack([entry.pointer for entry in item.pointers], dim=0)  # [N, b, C]
+            if self.add_tpos_enc_to_obj_ptrs:
+                max_dist = min(num_frames, self.max_obj_ptrs_in_encoder) - 1
+                tpos_dim = channels if self.proj_tpos_enc_in_obj_ptrs else self.mem_dim
+                rel = torch.tensor([entry.distance for entry in item.pointers], device=device) / max_dist
+                ptr_pos = self.obj_ptr_tpos_proj(get_1d_sine_pe(rel, dim=tpos_dim))
+                ptr_pos = ptr_pos.unsqueeze(1).expand(-1, batch, self.mem_dim)
+            else:
+                ptr_pos = obj_ptrs.new_zeros(len(item.pointers), batch, self.mem_dim)
+            if self.mem_dim < channels:
+                split = channels // self.mem_dim
+                obj_ptrs = obj_ptrs.reshape(-1, batch, split, self.mem_dim)
+                obj_ptrs = obj_ptrs.permute(0, 2, 1, 3).flatten(0, 1)
+                ptr_pos = ptr_pos.repeat_interleave(split, dim=0)
+            ptr_tokens = obj_ptrs
+        return ItemTokens(
+            frames=torch.cat(tokens, dim=0),
+            frames_pos=torch.cat(positions, dim=0),
+            frame_weights=[entry.weight for entry in item.spatial],
+            pointers=ptr_tokens,
+            pointers_pos=ptr_pos,
+            pointer_weights=[entry.weight for entry in item.pointers],
+            tokens_per_frame=tokens_per_frame,
+            tokens_per_pointer=split,
         )
-        tokens, positions = self._spatial_memory_tokens(memory_entries, curr.device, curr.dtype)
-        num_obj_ptr_tokens = 0
-        if pointer_entries:
-            ptr_tokens, ptr_pos = self._object_pointer_tokens(
-                pointer_entries, curr.size(1), num_frames, curr.device
-            )
-            tokens.append(ptr_tokens)
-            positions.append(ptr_pos)
-            num_obj_ptr_tokens = ptr_tokens.shape[0]
-        return torch.cat(tokens, dim=0), torch.cat(positions, dim=0), num_obj_ptr_tokens
+
+    def _spatial_entry(self, out: FrameOutput, t_pos: int) -> SpatialMemory:
+        """A stored frame output as a spatial memory at temporal position ``t_pos`` (0 = conditioning)."""
+        return SpatialMemory(
+            out["maskmem_features"], out["maskmem_pos_enc"][-1], self.num_maskmem - t_pos - 1
+        )
+
+    def _memory_item(self, entries: list[MemoryEntry], pointer_entries: list[PointerEntry]) -> ItemMemory:
+        """The memory item of SAM 2's ``(t_pos, output)`` / ``(distance, obj_ptr)`` entries."""
+        return ItemMemory(
+            spatial=[self._spatial_entry(out, t_pos) for t_pos, out in entries if out is not None],
+            pointers=[PointerMemory(ptr, dist) for dist, ptr in pointer_entries],
+        )
+
+    def cond_frame_memory(
+        self, frame_idx: int, cond_outputs: dict[int, FrameOutput], track_in_reverse: bool
+    ) -> ItemMemory:
+        """The conditioning part of the memory at ``frame_idx``: the selected conditioning frames
+        (temporal slot of ``t_pos = 0``) and, with pointers in the encoder, their pointers."""
+        if not cond_outputs:
+            raise ValueError("tracking a non-conditioning frame needs at least one conditioning frame")
+        selected, _ = select_closest_cond_frames(frame_idx, cond_outputs, self.max_cond_frames_in_attn)
+        pointers: list[PointerEntry] = []
+        if self.use_obj_ptrs_in_encoder:
+            pointers = self._cond_frame_pointers(frame_idx, selected, track_in_reverse)
+        return self._memory_item([(0, out) for out in selected.values()], pointers)
 
     def _select_memory_entries(
         self,
@@ -642,50 +724,48 @@ class SAM2Base(nn.Module):
                 entries.append((t_diff, out["obj_ptr"]))
         return entries
 
-    def _spatial_memory_tokens(
-        self, entries: list[MemoryEntry], device: torch.device, dtype: torch.dtype
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """Flatten stored memories to ``[HW, B, mem_dim]`` tokens with spatial+temporal positions.
+    # ------------------------------------------------------------------ tracking engine
 
-        Memories may be stored offloaded and in reduced precision (bfloat16); they are moved to
-        ``device`` and cast to ``dtype`` (that of the current features) so attention can run.
+    def decode_candidates(self, features: FrameFeatures, memory: MemoryBatch) -> Candidates:
+        """Memory attention on ``memory`` and the SAM heads without prompts: every row's candidates.
+
+        Rows of ``features`` and ``memory`` correspond; tracking multimask rules apply (3
+        candidates when ``multimask_output_for_tracking``).
         """
-        tokens: list[Tensor] = []
-        positions: list[Tensor] = []
-        for t_pos, prev in entries:
-            if prev is None:
-                continue
-            feats = prev["maskmem_features"].to(device=device, dtype=dtype, non_blocking=True)
-            tokens.append(feats.flatten(2).permute(2, 0, 1))
-            pos = prev["maskmem_pos_enc"][-1].to(device).flatten(2).permute(2, 0, 1)
-            positions.append(pos + self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1])
-        return tokens, positions
+        pix_feat = self._attend_memory(
+            features.vision_feats[-1:], features.vision_pos_embeds[-1:], features.feat_sizes[-1], memory
+        )
+        low_res, high_res, ious, tokens, object_score_logits = self._decode_masks(
+            pix_feat,
+            high_res_features=self._high_res_features(features.vision_feats, features.feat_sizes),
+            multimask_output=self._use_multimask(is_init_cond_frame=False, point_inputs=None),
+        )
+        return Candidates(low_res, high_res, ious, tokens, object_score_logits)
 
-    def _object_pointer_tokens(
-        self, entries: list[PointerEntry], batch: int, num_frames: int, device: torch.device
-    ) -> tuple[Tensor, Tensor]:
-        """Stack pointers into ``[N, B, mem_dim]`` tokens with temporal positional encodings.
+    def encode_candidates(
+        self, features: FrameFeatures, candidates: Candidates, rows: Tensor, cands: Tensor
+    ) -> NewMemories:
+        """Object pointers and new memories of candidate ``cands[i]`` of row ``rows[i]``.
 
-        Distances are normalised by the largest possible pointer distance. When ``mem_dim`` is
-        smaller than the hidden size, each pointer is split into ``C // mem_dim`` tokens.
+        ``features`` must have ``len(rows)`` rows. The rows of one call are the objects the
+        ``non_overlap_masks_for_mem_enc`` constraint is resolved across. Memories are returned in
+        the compute dtype.
         """
-        channels = self.hidden_dim
-        distances = [dist for dist, _ in entries]
-        obj_ptrs = torch.stack([ptr for _, ptr in entries], dim=0)  # [N, B, C]
-        if self.add_tpos_enc_to_obj_ptrs:
-            max_dist = min(num_frames, self.max_obj_ptrs_in_encoder) - 1
-            tpos_dim = channels if self.proj_tpos_enc_in_obj_ptrs else self.mem_dim
-            rel = torch.tensor(distances, device=device) / max_dist
-            obj_pos = self.obj_ptr_tpos_proj(get_1d_sine_pe(rel, dim=tpos_dim))
-            obj_pos = obj_pos.unsqueeze(1).expand(-1, batch, self.mem_dim)
-        else:
-            obj_pos = obj_ptrs.new_zeros(len(distances), batch, self.mem_dim)
-        if self.mem_dim < channels:
-            split = channels // self.mem_dim
-            obj_ptrs = obj_ptrs.reshape(-1, batch, split, self.mem_dim)
-            obj_ptrs = obj_ptrs.permute(0, 2, 1, 3).flatten(0, 1)
-            obj_pos = obj_pos.repeat_interleave(split, dim=0)
-        return obj_ptrs, obj_pos
+        if features.batch_size != rows.numel():
+            raise ValueError(f"features have {features.batch_size} rows for {rows.numel()} chosen candidates")
+        token_cands = cands if candidates.tokens.size(1) > 1 else torch.zeros_like(cands)
+        scores = candidates.object_score_logits[rows]
+        obj_ptr = self._obj_ptr_from_token(candidates.tokens[rows, token_cands], scores)
+        maskmem_features, _ = self._encode_new_memory(
+            current_vision_feats=features.vision_feats,
+            feat_sizes=features.feat_sizes,
+            pred_masks_high_res=candidates.high_res_masks[rows, cands].unsqueeze(1),
+            object_score_logits=scores,
+            is_mask_from_pts=False,
+        )
+        return NewMemories(
+            maskmem_features, obj_ptr, candidates.low_res_masks[rows, cands].unsqueeze(1), scores
+        )
 
     # ------------------------------------------------------------------ memory write
 
@@ -871,14 +951,5 @@ class SAM2Base(nn.Module):
         )
 
     def _apply_non_overlapping_constraints(self, pred_masks: Tensor) -> Tensor:
-        """Keep, at each pixel, only the highest-scoring object (batch dim = objects).
-
-        Other objects' logits there are clamped to at most -10 (sigmoid ~= 4.5e-5).
-        """
-        num_objects = pred_masks.size(0)
-        if num_objects == 1:
-            return pred_masks
-        winner = torch.argmax(pred_masks, dim=0, keepdim=True)
-        obj_ids = torch.arange(num_objects, device=pred_masks.device)[:, None, None, None]
-        keep = winner == obj_ids
-        return torch.where(keep, pred_masks, torch.clamp(pred_masks, max=-10.0))
+        """Keep, at each pixel, only the highest-scoring object (batch dim = objects)."""
+        return apply_non_overlapping_constraints(pred_masks)

@@ -51,6 +51,22 @@ def get_1d_sine_pe(pos_inds: Tensor, dim: int, temperature: float = 10000) -> Te
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def apply_non_overlapping_constraints(pred_masks: Tensor) -> Tensor:
+    """Keep, at each pixel, only the highest-scoring object; clamp the others to at most -10.
+
+    ``pred_masks`` is ``[N, 1, H, W]`` with one row per object (sigmoid(-10) ~= 4.5e-5). This is
+    the one non-overlap rule of the repository: SAM 2's outputs and memories and the dataset tools
+    all use it.
+    """
+    num_objects = pred_masks.size(0)
+    if num_objects == 1:
+        return pred_masks
+    winner = torch.argmax(pred_masks, dim=0, keepdim=True)
+    obj_ids = torch.arange(num_objects, device=pred_masks.device)[:, None, None, None]
+    keep = winner == obj_ids
+    return torch.where(keep, pred_masks, torch.clamp(pred_masks, max=-10.0))
+
+
 _ACTIVATIONS: Dict[str, Callable[..., Tensor]] = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
 
 
