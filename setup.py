@@ -30,7 +30,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["sam2", "sam2.*", "sam2long", "sam2long.*", "sav_dataset", "sav_dataset.*"]),
-    package_data={"sam2": ["*.yaml", "configs/**/*.yaml"], "sam2long": ["*.yaml"]},
+    package_data={"sam2": ["*.yaml", "configs/**/*.yaml"], "sam2long": ["presets/*.yaml"]},
     include_package_data=True,
     install_requires=REQUIRED,
     extras_require=EXTRAS,

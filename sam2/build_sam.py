@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -50,9 +50,16 @@ _VIDEO_POSTPROCESSING_OVERRIDES = [
 ]
 
 
-def _default_device() -> str:
-    """CUDA when present, else CPU (upstream hard-codes "cuda")."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def default_device(environ: Optional[Mapping[str, str]] = None) -> str:
+    """The repository's one device default: the local rank's GPU under torchrun, else CUDA, else CPU.
+
+    ``environ`` defaults to ``os.environ``; ``LOCAL_RANK`` (set by torchrun) selects ``cuda:<rank>``.
+    Upstream hard-codes ``"cuda"``.
+    """
+    if not torch.cuda.is_available():
+        return "cpu"
+    environ = os.environ if environ is None else environ
+    return f"cuda:{environ['LOCAL_RANK']}" if "LOCAL_RANK" in environ else "cuda"
 
 
 def _build(
@@ -61,13 +68,20 @@ def _build(
     ckpt_path: Optional[Union[str, os.PathLike]],
     device: Optional[Union[str, torch.device]],
     mode: str,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> nn.Module:
-    """Compose the config, instantiate the model, load weights, move and set the mode."""
+    """Compose the config, instantiate the model, load weights, move and set the mode.
+
+    ``model_kwargs`` are extra constructor arguments of the model class (e.g. a subclass's own
+    settings). They are passed to the constructor as they are: hydra's ``instantiate(cfg, **kwargs)``
+    would merge them into the config first and so turn dataclasses into ``DictConfig``.
+    """
     cfg = compose(config_name=config_file, overrides=overrides)
     OmegaConf.resolve(cfg)
-    model = instantiate(cfg.model, _recursive_=True)
+    make_model = instantiate(cfg.model, _partial_=True, _recursive_=True)
+    model = make_model(**dict(model_kwargs or {}))
     _load_checkpoint(model, ckpt_path)
-    model = model.to(device if device is not None else _default_device())
+    model = model.to(device if device is not None else default_device())
     if mode == "eval":
         model.eval()
     return model
@@ -107,17 +121,38 @@ def build_sam2_video_predictor(
     With ``vos_optimized`` the image encoder is compiled only when the model goes to a CUDA
     device (upstream always compiles, which is slow or unsupported elsewhere).
     """
-    device = device if device is not None else _default_device()
-    if vos_optimized:
-        overrides = ["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictorVOS"]
-        if torch.device(device).type == "cuda":
-            overrides.append("++model.compile_image_encoder=True")
-    else:
-        overrides = ["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor"]
+    device = device if device is not None else default_device()
     extra = list(hydra_overrides_extra)
+    if vos_optimized:
+        target = "sam2.sam2_video_predictor.SAM2VideoPredictorVOS"
+        if torch.device(device).type == "cuda":
+            extra.insert(0, "++model.compile_image_encoder=True")
+    else:
+        target = "sam2.sam2_video_predictor.SAM2VideoPredictor"
+    return _build_video_predictor(
+        config_file, ckpt_path, device, mode, extra, apply_postprocessing, target, model_kwargs=None
+    )
+
+
+def _build_video_predictor(
+    config_file: str,
+    ckpt_path: Optional[Union[str, os.PathLike]],
+    device: Optional[Union[str, torch.device]],
+    mode: str,
+    hydra_overrides_extra: Sequence[str],
+    apply_postprocessing: bool,
+    target: str,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+) -> nn.Module:
+    """Build the video predictor class ``target`` (a dotted path), with extra constructor arguments.
+
+    Internal path shared by :func:`build_sam2_video_predictor` and subclass builders (SAM2Long),
+    which pass their own settings as ``model_kwargs`` at construction time.
+    """
+    overrides = [f"++model._target_={target}", *hydra_overrides_extra]
     if apply_postprocessing:
-        extra += _DYNAMIC_MULTIMASK_OVERRIDES + _VIDEO_POSTPROCESSING_OVERRIDES
-    return _build(config_file, overrides + extra, ckpt_path, device, mode)
+        overrides += _DYNAMIC_MULTIMASK_OVERRIDES + _VIDEO_POSTPROCESSING_OVERRIDES
+    return _build(config_file, overrides, ckpt_path, device, mode, model_kwargs)
 
 
 def _hf_download(model_id: str) -> tuple[str, str]:

@@ -1,36 +1,56 @@
-"""Hyper-parameters of the SAM2Long memory tree, with validation and named presets.
+"""Hyper-parameters of the SAM2Long memory tree: the one declaration, its presets and its CLI flags.
 
-Presets live in ``configs/sam2long/<name>.yaml`` (flat ``key: value`` files whose keys are the
-field names of :class:`SAM2LongConfig`):
+:class:`SAM2LongConfig` is the only place the tree settings are declared. Each field carries its
+help text and command-line aliases in ``dataclasses.field(metadata=...)``; the builder
+(:func:`sam2long.build.build_sam2long_video_predictor`) and the command-line flags
+(:func:`add_config_arguments`, :func:`config_from_args`) are derived from the fields.
+
+Presets ship as package data in ``sam2long/presets/<name>.yaml`` (flat ``key: value`` files whose keys
+are the field names) and are read with :mod:`importlib.resources`, so they work from a wheel:
 
 - ``official``: the values used by the official README / evaluation commands
-  (``--num_pathway 3 --iou_thre 0.1 --uncertainty 2``).
+  (``--num_pathway 3 --iou_thre 0.1 --uncertainty 2``); equal to ``SAM2LongConfig()``.
 - ``paper``: the same with the paper's memory IoU threshold 0.3.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import argparse
+import dataclasses
+import importlib.resources
 import math
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
-PRESET_DIR_NAME = "sam2long"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+PRESET_PACKAGE = "sam2long"
+PRESET_DIR = "presets"
+_PRESET_SUFFIX = ".yaml"
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _setting(default: Any, text: str, aliases: tuple[str, ...] = (), metavar: Any = None) -> Any:
+    """A config field with its CLI help, extra flag names (``--name`` form) and metavar as metadata."""
+    return field(default=default, metadata={"help": text, "aliases": aliases, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class SAM2LongConfig:
-    """Settings of the memory tree.
+    """Settings of the memory tree (see each field's ``metadata["help"]``).
 
     Attributes:
-        num_pathways: number of segmentation pathways P kept per object (P=1 is a greedy tracker that
-            still uses memory selection / modulation unless they are switched off).
+        num_pathways: number of segmentation pathways P kept per object. P=1 is SAM2Long with one greedy
+            pathway (still with memory selection / modulation unless they are switched off) everywhere, in
+            the library and on the command line; plain SAM 2 is ``build_sam2_video_predictor`` / ``--tracker sam2``.
         iou_threshold: a past frame is eligible as memory only if its predicted IoU is strictly above this
             (and its object-score logit is strictly positive).
         uncertainty: if the largest |object-score logit| over the pathways is strictly above this, the frame is
@@ -44,13 +64,30 @@ class SAM2LongConfig:
             behind the newest one (streaming approximation); ``None`` = exact (commit only on coalescence).
     """
 
-    num_pathways: int = 3
-    iou_threshold: float = 0.1
-    uncertainty: float = 2.0
-    memory_modulation: tuple[float, float] | None = (0.95, 1.05)
-    memory_selection: bool = True
-    eps: float = 1e-5
-    max_lag: int | None = None
+    num_pathways: int = _setting(
+        3, "pathways P kept per object (1 = one greedy pathway, still with memory selection/modulation; plain SAM 2 is the sam2 tracker)", aliases=("--num_pathway",), metavar="P"
+    )
+    iou_threshold: float = _setting(
+        0.1,
+        "memory IoU threshold: a frame enters memory only if its predicted IoU is above it",
+        aliases=("--iou_thre",),
+        metavar="IOU",
+    )
+    uncertainty: float = _setting(
+        2.0,
+        "a frame is uncertain (keep only diverse candidates) when every |object-score logit| is <= this",
+        metavar="LOGIT",
+    )
+    memory_modulation: tuple[float, float] | None = _setting(
+        (0.95, 1.05), "memory key weights by occlusion rank", metavar=("LOW", "HIGH")
+    )
+    memory_selection: bool = _setting(
+        True, "IoU/occlusion-filtered memory (off: SAM 2's most-recent-frames memory in every pathway)"
+    )
+    eps: float = _setting(1e-5, "added to the IoU before the log in the cumulative score", metavar="EPS")
+    max_lag: int | None = _setting(
+        None, "force a decision after this many undecided frames (bounded latency, approximate)", metavar="N"
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_pathways, int) or isinstance(self.num_pathways, bool):
@@ -86,9 +123,42 @@ class SAM2LongConfig:
         return (float(low), float(high))
 
     @classmethod
+    def field_names(cls) -> list[str]:
+        """The setting names, in declaration order."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def resolve(
+        cls, config: Union[SAM2LongConfig, str, Mapping[str, Any], None] = None, **overrides: Any
+    ) -> SAM2LongConfig:
+        """One config from a base and keyword overrides (overrides win).
+
+        ``config`` is None (the defaults, i.e. the ``official`` preset), a preset name, a
+        :class:`SAM2LongConfig` (returned as is when there are no overrides) or a mapping of settings.
+        Unknown override names raise ``ValueError`` listing the valid fields.
+        """
+        unknown = sorted(set(overrides) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"unknown SAM2Long setting(s) {unknown}; valid fields: {cls.field_names()}")
+        if config is None:
+            base = cls()
+        elif isinstance(config, str):
+            base = cls.from_preset(config)
+        elif isinstance(config, SAM2LongConfig):
+            base = config
+        elif isinstance(config, Mapping):
+            base = cls.from_dict(config)
+        else:
+            raise TypeError(
+                "config must be None, a preset name, a SAM2LongConfig or a mapping, "
+                f"got {type(config).__name__}"
+            )
+        return dataclasses.replace(base, **overrides) if overrides else base
+
+    @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SAM2LongConfig:
         """Build a config from a mapping, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
+        known = set(cls.field_names())
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown SAM2Long config keys {unknown}; valid keys: {sorted(known)}")
@@ -97,53 +167,144 @@ class SAM2LongConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> SAM2LongConfig:
         """Load a flat yaml file (``key: value`` per field)."""
+        path = Path(path)
+        return cls._from_yaml_text(path.read_text(encoding="utf-8"), str(path))
+
+    @classmethod
+    def _from_yaml_text(cls, text: str, source: str) -> SAM2LongConfig:
         import yaml  # lazy: only preset/file loading needs PyYAML
 
-        path = Path(path)
-        with path.open(encoding="utf-8") as handle:
-            values = yaml.safe_load(handle)
+        values = yaml.safe_load(text)
         if values is None:
             values = {}
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of SAM2Long settings, got {type(values).__name__}")
+            raise ValueError(
+                f"{source}: expected a mapping of SAM2Long settings, got {type(values).__name__}"
+            )
         return cls.from_dict(values)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> SAM2LongConfig:
-        """Load ``configs/sam2long/<name>.yaml`` and apply keyword overrides."""
-        path = preset_path(name)
-        base = cls.from_yaml(path)
-        if not overrides:
-            return base
-        values = {f.name: getattr(base, f.name) for f in fields(cls)}
-        values.update(overrides)
-        return cls.from_dict(values)
+        """Load the packaged preset ``name`` and apply keyword overrides."""
+        resource = preset_path(name)
+        base = cls._from_yaml_text(resource.read_text(encoding="utf-8"), f"preset {name!r}")
+        return cls.resolve(base, **overrides)
 
 
-def _preset_dirs() -> list[Path]:
-    """Candidate preset folders: the repository layout first, then an installed ``sam2`` package."""
-    dirs = [Path(__file__).resolve().parents[1] / "configs" / PRESET_DIR_NAME]
-    spec = importlib.util.find_spec("sam2")  # locates the package without importing it
-    if spec is not None and spec.submodule_search_locations:
-        dirs.extend(Path(loc) / "configs" / PRESET_DIR_NAME for loc in spec.submodule_search_locations)
-    return dirs
+def _preset_dir() -> Traversable:
+    """The packaged preset folder (a real folder for normal installs, any resource reader otherwise)."""
+    return importlib.resources.files(PRESET_PACKAGE) / PRESET_DIR
 
 
 def available_presets() -> list[str]:
     """Names of the presets that can be loaded."""
-    names: set[str] = set()
-    for directory in _preset_dirs():
-        if directory.is_dir():
-            names.update(p.stem for p in directory.glob("*.yaml"))
-    return sorted(names)
+    directory = _preset_dir()
+    if not directory.is_dir():
+        return []
+    return sorted(
+        entry.name[: -len(_PRESET_SUFFIX)]
+        for entry in directory.iterdir()
+        if entry.name.endswith(_PRESET_SUFFIX) and entry.is_file()
+    )
 
 
-def preset_path(name: str) -> Path:
-    """Path of preset ``name``; raises ``ValueError`` listing the valid names if it does not exist."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
+def preset_path(name: str) -> Traversable:
+    """Resource of preset ``name``; raises ``ValueError`` listing the valid names if it does not exist."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"invalid preset name {name!r}")
-    for directory in _preset_dirs():
-        candidate = directory / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
-    raise ValueError(f"unknown SAM2Long preset {name!r}; available: {available_presets()}")
+    candidate = _preset_dir() / f"{name}{_PRESET_SUFFIX}"
+    if not candidate.is_file():
+        raise ValueError(f"unknown SAM2Long preset {name!r}; available: {available_presets()}")
+    return candidate
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _strip_optional(hint: Any) -> tuple[Any, bool]:
+    """``(inner type, allows None)`` of a type hint such as ``int | None``."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"unsupported SAM2Long field type {hint!r}")
+        return args[0], True
+    return hint, False
+
+
+def _flag(name: str) -> str:
+    return f"--{name}"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add ``--preset`` and one flag per :class:`SAM2LongConfig` field (plus its aliases).
+
+    Flags are generated from the fields: ``int``/``float`` fields take one value, tuples take one value
+    per element, ``bool`` fields get ``--name`` / ``--no_name``, and fields that may be ``None`` also get
+    ``--no_name`` (stores False, read as None by :func:`config_from_args`). Every default is None
+    ("not given") so a preset's values survive; values are stored under the field names.
+    """
+    defaults = SAM2LongConfig()
+    parser.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help=f"SAM2Long preset ({', '.join(available_presets())}); the flags below override it",
+    )
+    hints = typing.get_type_hints(SAM2LongConfig)
+    for f in fields(SAM2LongConfig):
+        inner, optional = _strip_optional(hints[f.name])
+        names = [_flag(f.name), *f.metadata.get("aliases", ())]
+        default = getattr(defaults, f.name)
+        text = f"{f.metadata['help']} (default: {default})"
+        if inner is bool:
+            switch = parser.add_mutually_exclusive_group()
+            switch.add_argument(
+                *names, dest=f.name, action="store_const", const=True, default=None, help=text
+            )
+            switch.add_argument(
+                _flag(f"no_{f.name}"),
+                dest=f.name,
+                action="store_const",
+                const=False,
+                help=f"disable {f.name}",
+            )
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": text}
+        if f.metadata.get("metavar") is not None:
+            kwargs["metavar"] = f.metadata["metavar"]
+        if typing.get_origin(inner) is tuple:
+            element_types = typing.get_args(inner)
+            if Ellipsis in element_types or len(set(element_types)) != 1:
+                raise TypeError(f"unsupported SAM2Long field type {inner!r} for {f.name}")
+            kwargs.update(nargs=len(element_types), type=element_types[0])
+        else:
+            kwargs["type"] = inner
+        if optional:
+            group = parser.add_mutually_exclusive_group()
+            group.add_argument(*names, **kwargs)
+            group.add_argument(
+                _flag(f"no_{f.name}"),
+                dest=f.name,
+                action="store_const",
+                const=False,
+                help=f"set {f.name} to None",
+            )
+        else:
+            parser.add_argument(*names, **kwargs)
+
+
+def config_from_args(namespace: argparse.Namespace) -> SAM2LongConfig:
+    """The config of ``--preset`` (or the defaults) with the explicitly given flags applied."""
+    hints = typing.get_type_hints(SAM2LongConfig)
+    overrides: dict[str, Any] = {}
+    for name in SAM2LongConfig.field_names():
+        value = getattr(namespace, name, None)
+        if value is None:
+            continue
+        _, optional = _strip_optional(hints[name])
+        if optional and value is False:
+            value = None
+        elif isinstance(value, list):
+            value = tuple(value)
+        overrides[name] = value
+    return SAM2LongConfig.resolve(getattr(namespace, "preset", None), **overrides)
