@@ -34,5 +34,6 @@ setup(
     include_package_data=True,
     install_requires=REQUIRED,
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["sam2long-vos=sam2long.vos.cli:main"]},
     python_requires=">=3.10",
 )

@@ -43,12 +43,11 @@ from typing import Any
 
 import numpy as np
 
+from sam2long.mask_io import MaskError, read_mask
 from sav_dataset.utils.io import (
-    MaskError,
     label_values,
     list_pngs,
     list_subdirs,
-    read_mask,
     read_mask_or_empty,
     stack_masks,
 )

@@ -35,13 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sam2long.mask_io import MaskError, read_mask
 from sav_dataset.utils.io import (
-    MaskError,
     has_at_most_two_values,
     label_values,
     list_pngs,
     list_subdirs,
-    read_mask,
     read_mask_or_empty,
     stack_masks,
 )

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sam2long.mask_io import DAVIS_PALETTE, MaskError, read_mask, write_png
 from sav_dataset import lvos_evaluator, sav_evaluator
-from sav_dataset.utils.io import MaskError, davis_palette, read_mask, write_png
 from sav_dataset.utils.rle import counts_from_string, counts_to_string, decode_rle, encode_rle
 from sav_dataset.utils.sav_annotations import load_sav_annotation, write_object_pngs
 from sav_dataset.utils.video_frames import extract_frames
@@ -169,7 +169,7 @@ def test_cli_end_to_end(small_gt, tmp_path):
 
 def write_label_video(root: Path, video: str, frames: list[np.ndarray]) -> None:
     for t, labels in enumerate(frames):
-        write_png(root / video / f"{5 * t:08d}.png", labels, davis_palette())
+        write_png(root / video / f"{5 * t:08d}.png", labels, DAVIS_PALETTE)
 
 
 def blob(top: int, left: int, value: int, size: int = 12) -> np.ndarray:

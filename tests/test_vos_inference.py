@@ -1,9 +1,12 @@
-"""Tests of the dataset inference tool ``tools/vos_inference.py`` and its ``tools/vos_io.py``.
+"""Tests of dataset VOS inference: the library ``sam2long.vos`` and its script ``tools/vos_inference.py``.
 
-The first part checks the file-level logic without a model (PNG IO, listing, sharding, resume
-markers, input-mask collection). The second part runs the command line on tiny datasets built
-from the real test frames, with a tiny random-weight model at 256 px, for SAM 2
-(``--num_pathway 1``) and SAM2Long (``--num_pathway 3``).
+The first part checks the file-level logic without a model (output PNGs, listing, sharding,
+resume markers, input-mask collection) and the command line's tracker choice. The second part
+runs the command line on tiny datasets built from the real test frames, with a tiny
+random-weight model at 256 px, for SAM 2 (``--tracker sam2``) and SAM2Long (``--num_pathway 3``):
+in-process through ``sam2long.vos.cli.main`` and, where a separate process is the point (the
+script itself, a killed run and the byte-identical resume of its reference), through
+``python tools/vos_inference.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +27,24 @@ import pytest
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tools import vos_inference, vos_io  # noqa: E402
-from tools.vos_io import (  # noqa: E402
-    DAVIS_PALETTE,
+from sam2.modeling.sam2_utils import apply_non_overlapping_constraints
+from sam2long import mask_io
+from sam2long.mask_io import DAVIS_PALETTE, read_mask_with_palette
+from sam2long.vos import cli, protocol
+from sam2long.vos.dataset import (
     DoneMarkers,
     MaskFolder,
+    MaskInputs,
     MaskWriter,
     VosInputError,
     collect_inputs,
     list_video_names,
+    resolve_shards,
     resolve_video,
     shard_of,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "vos_inference.py"
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 OVERRIDES = ["++model.image_size=256"]
@@ -89,7 +94,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob(f"{vos_io.TEMP_PREFIX}*") if p.is_file()]
+    return [p for p in root.rglob(f"{mask_io.TEMP_PREFIX}*") if p.is_file()]
 
 
 def read_summary(output_dir: Path, name: str = "summary.json") -> dict:
@@ -115,10 +120,9 @@ def checkpoint(make_checkpoint: Callable[..., Path], tmp_path_factory: pytest.Te
     return path
 
 
-def cli(checkpoint: Path, root: Path, output: Path, *extra: str, env: dict | None = None) -> list[str]:
+def cli_args(checkpoint: Path, root: Path, output: Path, *extra: str) -> list[str]:
+    """Command-line flags of a run on the dataset at ``root``."""
     return [
-        sys.executable,
-        str(SCRIPT),
         "--sam2_cfg",
         CONFIG,
         "--sam2_checkpoint",
@@ -137,6 +141,29 @@ def cli(checkpoint: Path, root: Path, output: Path, *extra: str, env: dict | Non
     ]
 
 
+def script(checkpoint: Path, root: Path, output: Path, *extra: str) -> list[str]:
+    """The same run as a separate process of ``tools/vos_inference.py``."""
+    return [sys.executable, str(SCRIPT), *cli_args(checkpoint, root, output, *extra)]
+
+
+@dataclass
+class Run:
+    returncode: int
+    stderr: str
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture | None = None, **environ: str) -> Run:
+    """Run ``sam2long.vos.cli.main`` in this process, without torchrun's variables unless given
+    in ``environ``; ``capsys`` collects its log (stderr)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            patch.delenv(name, raising=False)
+        for name, value in environ.items():
+            patch.setenv(name, value)
+        returncode = cli.main(args)
+    return Run(returncode, capsys.readouterr().err if capsys is not None else "")
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
@@ -149,78 +176,21 @@ def run_cli(command: list[str], env: dict[str, str] | None = None) -> subprocess
     )
 
 
-# --------------------------------------------------------------------------- PNG IO
-
-
-def test_davis_palette_is_the_voc_colour_map():
-    palette = np.frombuffer(DAVIS_PALETTE, dtype=np.uint8).reshape(256, 3)
-    assert palette[0].tolist() == [0, 0, 0]
-    assert palette[1].tolist() == [128, 0, 0]
-    assert palette[2].tolist() == [0, 128, 0]
-    assert palette[3].tolist() == [128, 128, 0]
-    assert palette[4].tolist() == [0, 0, 128]
-    assert palette[8].tolist() == [64, 0, 0]
-    assert len({tuple(c) for c in palette.tolist()}) == 256  # a bijection: labels stay distinguishable
-
-
-def test_mask_png_round_trip_is_atomic_and_matches_a_plain_pil_save(tmp_path: Path):
-    labels = rect_labels(30, 40, {1: (2, 10, 3, 20), 3: (12, 25, 10, 35)})
-    target = tmp_path / "v" / "00000.png"
-    save_png(target, np.zeros((30, 40), np.uint8), None)  # an older file gets replaced
-    vos_io.save_mask_png(target, labels, CUSTOM_PALETTE)
-    loaded, palette = vos_io.load_mask_png(target)
-    assert np.array_equal(loaded, labels)
-    assert palette[: len(CUSTOM_PALETTE)] == CUSTOM_PALETTE
-    assert temp_files(tmp_path) == []
-    plain = tmp_path / "plain.png"
-    save_png(plain, labels, CUSTOM_PALETTE)
-    assert target.read_bytes() == plain.read_bytes()
-
-
-def test_failed_atomic_write_leaves_neither_temp_file_nor_partial_target(tmp_path: Path):
-    target = tmp_path / "x.json"
-    target.write_text("old")
-    with pytest.raises(TypeError):
-        vos_io.atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
-    assert target.read_text() == "old"
-    assert temp_files(tmp_path) == []
-    (tmp_path / f"{vos_io.TEMP_PREFIX}left.tmp").write_bytes(b"x")
-    assert len(vos_io.remove_temp_files(tmp_path)) == 1
-    assert temp_files(tmp_path) == []
-
-
-def test_load_mask_png_rejects_rgb_and_garbage(tmp_path: Path):
-    Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
-    with pytest.raises(VosInputError, match="rgb.png.*single-channel"):
-        vos_io.load_mask_png(tmp_path / "rgb.png")
-    (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(VosInputError, match="cannot read mask file .*bad.png"):
-        vos_io.load_mask_png(tmp_path / "bad.png")
-
-
-def test_merge_gives_overlaps_to_the_smaller_id_and_split_inverts_it():
-    a = np.zeros((4, 5), bool)
-    a[0:3, 0:3] = True
-    b = np.zeros((4, 5), bool)
-    b[1:4, 1:5] = True
-    merged = vos_io.merge_objects({2: b, 1: a}, 4, 5)
-    assert merged[1, 1] == 1 and merged[3, 4] == 2 and merged[3, 0] == 0
-    split = vos_io.split_objects(merged)
-    assert list(split) == [1, 2]
-    assert np.array_equal(split[1], a) and np.array_equal(split[2], b & ~a)
-    with pytest.raises(ValueError, match="256"):
-        vos_io.merge_objects({256: a}, 4, 5)
+# --------------------------------------------------------------------------- output PNGs
+# (palette, PNG encoding, atomic writes, merge/split: tests/test_mask_io.py)
 
 
 def test_mask_writer_layouts(tmp_path: Path):
     masks = {1: np.ones((1, 3, 4), bool), 7: np.zeros((1, 3, 4), bool)}
     single = MaskWriter(tmp_path / "a", False, CUSTOM_PALETTE, 3, 4)
     assert single.write("00003", masks) == ["00003.png"]
-    assert np.array_equal(vos_io.load_mask_png(tmp_path / "a" / "00003.png")[0], np.ones((3, 4), np.uint8))
+    labels, palette = read_mask_with_palette(tmp_path / "a" / "00003.png")
+    assert np.array_equal(labels, np.ones((3, 4), np.uint8)) and palette[:12] == CUSTOM_PALETTE
     per_obj = MaskWriter(tmp_path / "b", True, DAVIS_PALETTE, 3, 4)
     assert per_obj.write("00003", masks) == ["001/00003.png", "007/00003.png"]
-    labels, palette = vos_io.load_mask_png(tmp_path / "b" / "007" / "00003.png")
+    labels, palette = read_mask_with_palette(tmp_path / "b" / "007" / "00003.png")
     assert labels.max() == 0 and bytes(palette[:12]) == DAVIS_PALETTE[:12]
+    assert temp_files(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- listing, shards, markers
@@ -257,20 +227,24 @@ def test_shards_partition_the_videos(num_videos: int, num_shards: int):
     assert shards == [shard_of(names, num_shards, i) for i in range(num_shards)]  # deterministic
 
 
-def test_shard_arguments_and_torchrun_environment(monkeypatch: pytest.MonkeyPatch):
+def test_shard_arguments_and_torchrun_environment():
     with pytest.raises(ValueError, match="shard_id"):
         shard_of(["a"], 2, 2)
     with pytest.raises(ValueError, match="num_shards"):
         shard_of(["a"], 0, 0)
     base = ["--base_video_dir", "x", "--input_mask_dir", "y", "--output_mask_dir", "z"]
-    parser = vos_inference.build_parser()
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert vos_inference._shards(parser.parse_args(base)) == (1, 0)
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    assert vos_inference._shards(parser.parse_args(base)) == (4, 3)
-    assert vos_inference._shards(parser.parse_args([*base, "--num_shards", "2", "--shard_id", "1"])) == (2, 1)
+    parser = cli.build_parser()
+
+    def shards(argv: list[str], environ: dict[str, str]) -> tuple[int, int]:
+        args = parser.parse_args(argv)
+        return resolve_shards(args.num_shards, args.shard_id, environ)
+
+    assert shards(base, {}) == (1, 0)
+    assert shards(base, {"RANK": "3"}) == (1, 0)  # torchrun sets both
+    assert shards(base, {"RANK": "3", "WORLD_SIZE": "4"}) == (4, 3)
+    with pytest.raises(ValueError, match=r"\$WORLD_SIZE and \$RANK must be integers, got 'x'"):
+        shards(base, {"RANK": "0", "WORLD_SIZE": "x"})
+    assert shards([*base, "--num_shards", "2", "--shard_id", "1"], {"RANK": "3", "WORLD_SIZE": "4"}) == (2, 1)
 
 
 def test_invalid_shard_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -278,7 +252,7 @@ def test_invalid_shard_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFi
     args = ["--base_video_dir", str(tmp_path / "videos"), "--input_mask_dir", str(tmp_path)]
     args += ["--output_mask_dir", str(tmp_path / "out"), "--num_shards", "2", "--shard_id", "5"]
     with pytest.raises(SystemExit) as exit_info:
-        vos_inference.main(args)
+        cli.main(args)
     assert exit_info.value.code == 2
     assert "shard_id must be in [0, 2)" in capsys.readouterr().err
 
@@ -386,27 +360,93 @@ def test_per_object_layout_inputs(tmp_path: Path):
         collect_inputs(_folder(tmp_path, "s", per_obj=True), NAMES, False, False)
 
 
-def test_preset_and_flags_select_the_tracker():
-    parser = vos_inference.build_parser()
-    base = ["--base_video_dir", "x", "--input_mask_dir", "y", "--output_mask_dir", "z"]
-    assert vos_inference.resolve_tracker(parser.parse_args([*base, "--num_pathway", "1"])).tree is None
-    default = vos_inference.resolve_tracker(parser.parse_args(base)).tree
-    assert (default.num_pathways, default.iou_threshold, default.uncertainty) == (3, 0.1, 2.0)
-    paper = vos_inference.resolve_tracker(
-        parser.parse_args([*base, "--preset", "paper", "--uncertainty", "1"])
-    )
+def test_input_masks_follow_the_one_reading_rule(tmp_path: Path):
+    """Grey masks saved as RGB are read as grey values; colour or unreadable masks are input errors
+    naming the video, frame and file; 16-bit object ids are kept, not wrapped."""
+    labels = rect_labels(20, 30, {1: (0, 5, 0, 5), 2: (6, 9, 6, 9)})
+    (tmp_path / "grey").mkdir()
+    Image.fromarray(np.stack([labels] * 3, axis=-1)).save(tmp_path / "grey" / "00000.png")
+    inputs = collect_inputs(_folder(tmp_path, "grey"), NAMES, False, False)
+    assert inputs.object_ids == [1, 2] and inputs.masks[2][0].sum() == 9 and inputs.palette is None
+
+    colour = np.zeros((20, 30, 3), np.uint8)
+    colour[0:5, 0:5] = (128, 0, 0)
+    (tmp_path / "colour").mkdir()
+    Image.fromarray(colour).save(tmp_path / "colour" / "00000.png")
+    with pytest.raises(
+        VosInputError, match=r"'colour', frame '00000': .*colour.00000\.png is a colour image"
+    ):
+        collect_inputs(_folder(tmp_path, "colour"), NAMES, False, False)
+
+    save_png(tmp_path / "bad" / "00000.png", labels, None)
+    (tmp_path / "bad" / "00000.png").write_bytes(b"not a png")
+    with pytest.raises(VosInputError, match=r"'bad', frame '00000': cannot read mask file .*bad.00000\.png"):
+        collect_inputs(_folder(tmp_path, "bad"), NAMES, False, False)
+
+    wide = np.zeros((20, 30), np.uint16)
+    wide[0:5, 0:5] = 300
+    (tmp_path / "wide").mkdir()
+    Image.fromarray(wide).save(tmp_path / "wide" / "00000.png")
+    assert collect_inputs(_folder(tmp_path, "wide"), NAMES, False, False).object_ids == [300]
+
+
+# --------------------------------------------------------------------------- tracker choice
+
+BASE_ARGS = ["--base_video_dir", "x", "--input_mask_dir", "y", "--output_mask_dir", "z"]
+
+
+def tracker_of(*flags: str):
+    parser = cli.build_parser()
+    argv = [*BASE_ARGS, *flags]
+    return cli.resolve_tracker(parser.parse_args(argv), cli.given_tree_flags(parser, argv))
+
+
+def test_tracker_flag_and_one_meaning_of_one_pathway():
+    default = tracker_of()
+    assert default.tracker == "sam2long" and default.describe()["tracker"] == "sam2long"
+    assert (default.tree.num_pathways, default.tree.iou_threshold, default.tree.uncertainty) == (3, 0.1, 2.0)
+    one = tracker_of("--num_pathway", "1")  # SAM2Long with one pathway, as in the library
+    assert one.tracker == "sam2long" and one.tree.num_pathways == 1
+    assert one.describe()["num_pathways"] == 1 and one.tree.memory_selection
+    sam2 = tracker_of("--tracker", "sam2")
+    assert sam2.tree is None and sam2.describe() == {"tracker": "sam2", "preset": None}
+    assert tracker_of("--tracker", "sam2", "--use_vos_optimized_video_predictor").vos_optimized
+    paper = tracker_of("--preset", "paper", "--uncertainty", "1")
     assert (paper.tree.iou_threshold, paper.tree.uncertainty, paper.preset) == (0.3, 1.0, "paper")
+    assert paper.describe()["preset"] == "paper" and paper.fingerprint()["iou_threshold"] == 0.3
     with pytest.raises(ValueError, match="unknown SAM2Long preset"):
-        vos_inference.resolve_tracker(parser.parse_args([*base, "--preset", "nope"]))
+        tracker_of("--preset", "nope")
+
+
+def test_tree_flags_and_vos_optimized_need_the_right_tracker(tmp_path: Path, capsys: pytest.CaptureFixture):
+    with pytest.raises(ValueError, match="--tracker sam2 takes no SAM2Long tree flags, got --num_pathways"):
+        tracker_of("--tracker", "sam2", "--num_pathway", "1")
+    with pytest.raises(ValueError, match="got --preset, --iou_threshold"):
+        tracker_of("--tracker", "sam2", "--iou_thre", "0.2", "--preset", "official")
+    with pytest.raises(
+        ValueError, match="--use_vos_optimized_video_predictor is only available with --tracker sam2"
+    ):
+        tracker_of("--use_vos_optimized_video_predictor")
+    assert cli.given_tree_flags(cli.build_parser(), [*BASE_ARGS, "--tracker", "sam2"]) == []
+
+    (tmp_path / "videos" / "a").mkdir(parents=True)
+    args = ["--base_video_dir", str(tmp_path / "videos"), "--input_mask_dir", str(tmp_path)]
+    args += ["--output_mask_dir", str(tmp_path / "out"), "--tracker", "sam2", "--uncertainty", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    assert "--tracker sam2 takes no SAM2Long tree flags, got --uncertainty" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_non_overlap_keeps_only_the_best_object_per_pixel():
+    """The rule the objects-appearing-later protocol applies across its groups."""
     scores = torch.tensor([[3.0, -2.0, 0.5], [1.0, 4.0, 0.5], [-5.0, -1.0, -20.0]]).reshape(3, 1, 1, 3)
-    kept = vos_inference.apply_non_overlap(scores).reshape(3, 3)
+    kept = apply_non_overlapping_constraints(scores).reshape(3, 3)
     expected = torch.tensor([[3.0, -10.0, 0.5], [-10.0, 4.0, -10.0], [-10.0, -10.0, -20.0]])
     assert torch.equal(kept, expected)  # ties go to the first object, as torch.argmax does
     single = torch.randn(1, 1, 2, 2)
-    assert torch.equal(vos_inference.apply_non_overlap(single), single)
+    assert torch.equal(apply_non_overlapping_constraints(single), single)
 
 
 # --------------------------------------------------------------------------- end to end (model)
@@ -426,23 +466,31 @@ def davis(tmp_path_factory: pytest.TempPathFactory, frames: list[Path]) -> Path:
     return root
 
 
+SAM2 = ("--tracker", "sam2")
+SAM2LONG_P3 = ("--num_pathway", "3")
+
+
 @pytest.fixture(scope="module")
 def tracked(davis: Path, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Uninterrupted CLI runs on the DAVIS-layout dataset, one per pathway count, made once."""
-    runs: dict[int, tuple[Path, subprocess.CompletedProcess]] = {}
+    """Uninterrupted runs on the DAVIS-layout dataset, one per tracker, made once: SAM 2 through
+    the script (a separate process), SAM2Long in-process."""
+    runs: dict[tuple[str, ...], tuple[Path, Run | subprocess.CompletedProcess]] = {}
 
-    def get(num_pathway: int) -> tuple[Path, subprocess.CompletedProcess]:
-        if num_pathway not in runs:
-            out = tmp_path_factory.mktemp(f"pred_p{num_pathway}") / "masks"
-            runs[num_pathway] = (out, run_cli(cli(checkpoint, davis, out, "--num_pathway", str(num_pathway))))
-        return runs[num_pathway]
+    def get(tracker: tuple[str, ...]) -> tuple[Path, Run | subprocess.CompletedProcess]:
+        if tracker not in runs:
+            out = tmp_path_factory.mktemp("pred_" + "_".join(tracker).strip("-")) / "masks"
+            if tracker == SAM2:
+                runs[tracker] = (out, run_cli(script(checkpoint, davis, out, *tracker)))
+            else:
+                runs[tracker] = (out, run_main(cli_args(checkpoint, davis, out, *tracker)))
+        return runs[tracker]
 
     return get
 
 
-@pytest.mark.parametrize("num_pathway", [1, 3])
-def test_davis_layout_end_to_end(num_pathway: int, tracked, davis: Path):
-    out, result = tracked(num_pathway)
+@pytest.mark.parametrize("tracker", [SAM2, SAM2LONG_P3], ids=["sam2", "sam2long_p3"])
+def test_davis_layout_end_to_end(tracker: tuple[str, ...], tracked, davis: Path):
+    out, result = tracked(tracker)
     assert result.returncode == 0, result.stderr[-3000:]
     given = np.array(Image.open(davis / "Annotations" / "bedroom" / "00000.png"))
     bedroom = sorted((out / "bedroom").iterdir())
@@ -465,9 +513,9 @@ def test_davis_layout_end_to_end(num_pathway: int, tracked, davis: Path):
         assert set(np.unique(np.array(image))) <= {0, 1}
 
     summary = read_summary(out)
-    assert summary["settings"]["tracker"] == ("sam2" if num_pathway == 1 else "sam2long")
-    if num_pathway > 1:
-        assert summary["settings"]["num_pathways"] == num_pathway
+    assert summary["settings"]["tracker"] == ("sam2" if tracker == SAM2 else "sam2long")
+    if tracker != SAM2:
+        assert summary["settings"]["num_pathways"] == 3
     assert summary["totals"]["failed"] == 0 and summary["totals"]["frames"] == 11
     stats = summary["videos"]["bedroom"]
     assert (stats["status"], stats["frames"], stats["objects"]) == ("done", 8, 2)
@@ -476,10 +524,10 @@ def test_davis_layout_end_to_end(num_pathway: int, tracked, davis: Path):
 
 
 def test_killed_run_resumes_to_identical_outputs(tracked, davis: Path, checkpoint: Path, tmp_path: Path):
-    reference, result = tracked(1)
+    reference, result = tracked(SAM2)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "masks"
-    command = cli(checkpoint, davis, out, "--num_pathway", "1")
+    command = script(checkpoint, davis, out, *SAM2)
     with open(tmp_path / "killed.log", "w") as log:
         process = subprocess.Popen(command, env=cli_env(), stdout=log, stderr=log, cwd=REPO)
         deadline = time.monotonic() + 300
@@ -492,9 +540,10 @@ def test_killed_run_resumes_to_identical_outputs(tracked, davis: Path, checkpoin
     written = len(list((out / "bedroom").glob("*.png")))
     state = Path(f"{out.resolve()}.state")
     assert 2 <= written < 8 and not (state / "done" / "bedroom.json").exists()
-    (out / "bedroom" / f"{vos_io.TEMP_PREFIX}killed{vos_io.TEMP_SUFFIX}").write_bytes(b"partial")
+    (out / "bedroom" / f"{mask_io.TEMP_PREFIX}killed{mask_io.TEMP_SUFFIX}").write_bytes(b"partial")
 
-    # Resume with frames streamed from disk: outputs must not change (byte-identical below).
+    # Resume with frames streamed from disk: outputs must not change (byte-identical below). A
+    # separate process like the reference, so that both compute with the same thread settings.
     resumed = run_cli([*command, "--stream_frames"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
@@ -503,8 +552,8 @@ def test_killed_run_resumes_to_identical_outputs(tracked, davis: Path, checkpoin
         assert (out / relative).read_bytes() == (reference / relative).read_bytes(), relative
     assert temp_files(out) == [] and temp_files(state) == []
 
-    again = run_cli(command)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = run_main(command[2:])  # nothing left to run: in-process
+    assert again.returncode == 0
     summary = read_summary(out)
     assert {name: v["status"] for name, v in summary["videos"].items()} == {
         "bedroom": "skipped",
@@ -519,7 +568,7 @@ def small_frames(frames: list[Path]) -> list[Path]:
 
 
 def test_bad_inputs_fail_clearly_while_other_videos_complete(
-    small_frames: list[Path], checkpoint: Path, tmp_path: Path
+    small_frames: list[Path], checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ):
     root = tmp_path / "data"
     width, height = Image.open(small_frames[0]).size
@@ -541,7 +590,7 @@ def test_bad_inputs_fail_clearly_while_other_videos_complete(
     listing.write_text("\n".join(names) + "\n")
 
     out = tmp_path / "masks"
-    result = run_cli(cli(checkpoint, root, out, "--num_pathway", "1", "--video_list_file", str(listing)))
+    result = run_main(cli_args(checkpoint, root, out, *SAM2, "--video_list_file", str(listing)), capsys)
     assert result.returncode == 1
     expected = {
         "no_first_mask": "missing first-frame mask, no input mask for frame '00000'",
@@ -561,17 +610,9 @@ def test_bad_inputs_fail_clearly_while_other_videos_complete(
 
     out_all = tmp_path / "masks_all"
     listing.write_text("new_object\ngood\n")
-    result = run_cli(
-        cli(
-            checkpoint,
-            root,
-            out_all,
-            "--num_pathway",
-            "1",
-            "--video_list_file",
-            str(listing),
-            "--use_all_masks",
-        )
+    result = run_main(
+        cli_args(checkpoint, root, out_all, *SAM2, "--video_list_file", str(listing), "--use_all_masks"),
+        capsys,
     )
     assert result.returncode == 1
     summary = read_summary(out_all)
@@ -589,16 +630,18 @@ def test_shard_from_torchrun_environment_processes_only_its_videos(
         copy_frames(small_frames, root / "JPEGImages" / name)
         save_png(root / "Annotations" / name / "00000.png", rect_labels(height, width, {1: RECTS[1]}), None)
     out = tmp_path / "masks"
-    result = run_cli(cli(checkpoint, root, out, "--num_pathway", "1"), env=cli_env(RANK="1", WORLD_SIZE="2"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_main(cli_args(checkpoint, root, out, *SAM2), RANK="1", WORLD_SIZE="2")
+    assert result.returncode == 0
     assert sorted(p.name for p in out.iterdir()) == ["b"]
     summary = read_summary(out, "summary_shard1of2.json")
     assert list(summary["videos"]) == ["b"] and summary["settings"]["shard_id"] == 1
 
 
-@pytest.mark.parametrize("num_pathway", [1, 3])
+@pytest.mark.parametrize(
+    "tracker", [SAM2, ("--num_pathway", "1"), SAM2LONG_P3], ids=["sam2", "sam2long_p1", "sam2long_p3"]
+)
 def test_per_object_pngs_with_objects_appearing_later(
-    num_pathway: int, frames: list[Path], checkpoint: Path, tmp_path: Path
+    tracker: tuple[str, ...], frames: list[Path], checkpoint: Path, tmp_path: Path
 ):
     root = tmp_path / "data"
     copy_frames(frames[:4], root / "JPEGImages" / "sav")
@@ -609,16 +652,20 @@ def test_per_object_pngs_with_objects_appearing_later(
         save_png(root / "Annotations" / "sav" / "001" / f"{index:05d}.png", first, None)
         save_png(root / "Annotations" / "sav" / "002" / f"{index:05d}.png", second, None)
     out = tmp_path / "masks"
-    command = cli(checkpoint, root, out, "--num_pathway", str(num_pathway), "--per_obj_png_file")
-    result = run_cli([*command, "--track_object_appearing_later_in_video"])
-    assert result.returncode == 0, result.stderr[-3000:]
+    command = cli_args(checkpoint, root, out, *tracker, "--per_obj_png_file")
+    result = run_main([*command, "--track_object_appearing_later_in_video"])
+    assert result.returncode == 0
     for obj in ("001", "002"):
         assert sorted(p.name for p in (out / "sav" / obj).iterdir()) == [f"{i:05d}.png" for i in range(4)]
     second = [np.array(Image.open(out / "sav" / "002" / f"{i:05d}.png")) for i in range(4)]
     assert not second[0].any() and not second[1].any()  # absent before its first mask
     assert set(np.unique(second[2])) <= {0, 1}
     assert iou(second[2] > 0, rect_labels(height, width, {1: RECTS[2]}) > 0) > 0.9
-    assert read_summary(out)["videos"]["sav"]["objects"] == 2
+    summary = read_summary(out)
+    assert summary["videos"]["sav"]["objects"] == 2
+    assert summary["settings"]["tracker"] == ("sam2" if tracker == SAM2 else "sam2long")
+    if tracker != SAM2:  # --num_pathway 1 is SAM2Long with one pathway, not plain SAM 2
+        assert summary["settings"]["num_pathways"] == int(tracker[1])
 
 
 def _build_predictor(checkpoint: Path, num_pathway: int):
@@ -656,14 +703,14 @@ def test_grouped_later_objects_equal_one_run_per_object(
     predictor = _build_predictor(checkpoint, num_pathway)
     width, height = Image.open(frames[0]).size
     boxes = {1: RECTS[1], 2: RECTS[2], 3: (150, 260, 180, 300)}
-    inputs = vos_io.MaskInputs()
+    inputs = MaskInputs()
     for obj_id, first in ((1, 0), (2, 0), (3, 2)):
         inputs.add(obj_id, first, rect_labels(height, width, {1: boxes[obj_id]}) > 0)
     with torch.inference_mode():
         state = predictor.init_state(video_path=[np.array(Image.open(p)) for p in frames[:5]])
-        grouped = dict(vos_inference.track_video(predictor, state, inputs, 0.0, True, True))
+        grouped = dict(protocol.track_video(predictor, state, inputs, 0.0, True, True))
 
-        scores = torch.full((3, 5, 1, height, width), vos_inference.ABSENT_SCORE)
+        scores = torch.full((3, 5, 1, height, width), protocol.ABSENT_SCORE)
         for row, obj_id in enumerate(inputs.object_ids):
             predictor.reset_state(state)
             first = inputs.first_frame(obj_id)
@@ -673,7 +720,7 @@ def test_grouped_later_objects_equal_one_run_per_object(
     assert sorted(grouped) == list(range(5))
     for frame_idx in range(5):
         raw = scores[:, frame_idx]
-        expected = predictor._apply_non_overlapping_constraints(raw) > 0
+        expected = apply_non_overlapping_constraints(raw) > 0
         top_two = raw.topk(2, dim=0).values
         for row, obj_id in enumerate(inputs.object_ids):
             differs = torch.from_numpy(grouped[frame_idx][obj_id] != expected[row].numpy())

@@ -1,57 +1,17 @@
-"""Mask reading/writing, folder scanning and atomic file output for the evaluators."""
+"""Folder scanning and mask checks specific to the evaluators.
+
+Reading and writing mask PNGs, the palette and atomic file output are shared with the VOS tool
+and live in :mod:`sam2long.mask_io`.
+"""
 
 from __future__ import annotations
 
-import io
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-_PALETTE_BITS = 8
-
-
-class MaskError(ValueError):
-    """A mask file that cannot be used: unreadable, not single-channel or of the wrong size."""
-
-
-def davis_palette() -> list[int]:
-    """Flat RGB list of the 256-colour DAVIS/PASCAL palette, used for palette PNGs."""
-    palette = []
-    for index in range(256):
-        red = green = blue = 0
-        value = index
-        for bit in range(_PALETTE_BITS):
-            red |= ((value >> 0) & 1) << (7 - bit)
-            green |= ((value >> 1) & 1) << (7 - bit)
-            blue |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette.extend((red, green, blue))
-    return palette
-
-
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG as a 2-D label array (palette indices for 'P' images, grey values otherwise).
-
-    Colour images are only accepted when all channels are equal (a grey mask saved as RGB);
-    anything else raises ``MaskError`` naming the file.
-    """
-    try:
-        with Image.open(path) as image:
-            array = np.array(image)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise MaskError(f"cannot read mask {path}: {err}") from err
-    if array.ndim == 3:
-        channels = array[..., :3]
-        if not (channels == channels[..., :1]).all():
-            raise MaskError(f"{path} is a colour image; expected a palette (indexed) or single-channel PNG")
-        array = channels[..., 0]
-    if array.ndim != 2:
-        raise MaskError(f"{path} has unsupported shape {array.shape}; expected (H, W)")
-    return array
+from sam2long.mask_io import MaskError, read_mask
 
 
 def read_mask_or_empty(path: Path, like_shape: tuple[int, int], reference: Path) -> np.ndarray:
@@ -106,39 +66,3 @@ def list_pngs(folder: Path) -> list[str]:
 def list_subdirs(folder: Path) -> list[str]:
     """Sorted names of the sub-folders directly inside ``folder``."""
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Create ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    Readers never see a half-written file, and a crash leaves at most a stray temp file.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp_name, target)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    atomic_write(path, lambda handle: handle.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_png(path: str | os.PathLike, mask: np.ndarray, palette: list[int] | None = None) -> None:
-    """Write a uint8 mask as PNG atomically; with ``palette`` it becomes an indexed ('P') image."""
-    image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
-    if palette is not None:
-        image.putpalette(palette)
-    atomic_write(path, lambda handle: image.save(handle, format="PNG"))

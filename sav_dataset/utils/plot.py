@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sav_dataset.utils.io import atomic_write_bytes
+from sam2long.mask_io import atomic_write_bytes
 from sav_dataset.utils.scoring import ObjectScores, format_float, write_csv
 
 # Distinct line colours (RGB), the matplotlib "tab10" cycle.

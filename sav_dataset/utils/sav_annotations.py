@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from sav_dataset.utils.io import write_png
+from sam2long.mask_io import write_png
 from sav_dataset.utils.rle import decode_rle
 
 SAV_FRAME_STRIDE = 4

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from sav_dataset.utils.io import atomic_write_text
+from sam2long.mask_io import atomic_write_text
 from sav_dataset.utils.metrics import BOUNDARY_TOLERANCE, boundary_f_measure, region_similarity
 
 # Frames are scored in chunks of this many to bound memory on long, high-resolution videos.

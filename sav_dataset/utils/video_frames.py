@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cv2
 
-from sav_dataset.utils.io import atomic_write_bytes
+from sam2long.mask_io import atomic_write_bytes
 
 
 def _source_indices(source_fps: float, target_fps: float | None):

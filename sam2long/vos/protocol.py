@@ -1,0 +1,120 @@
+"""How a video's input masks are given to a predictor and its objects tracked (upstream's protocols).
+
+* :func:`add_input_masks`: the input masks, in upstream's order;
+* :func:`track_video`: the default protocol (all objects from the earliest input frame) or,
+  with ``later_objects``, :func:`track_objects_appearing_later`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from sam2.modeling.sam2_utils import apply_non_overlapping_constraints
+from sam2.sam2_video_predictor import InferenceState, SAM2VideoPredictor
+from sam2long.vos.dataset import MaskInputs
+
+# Score given to an object on frames before its first input mask (upstream's fill value).
+ABSENT_SCORE = -1024.0
+
+FrameMasks = dict[int, np.ndarray]  # obj_id -> bool (1, H, W) mask of one frame
+
+
+def _binarize(obj_ids: Sequence[int], scores: torch.Tensor, score_thresh: float) -> FrameMasks:
+    masks = (scores > score_thresh).cpu().numpy()
+    return {int(obj_id): masks[row] for row, obj_id in enumerate(obj_ids)}
+
+
+def add_input_masks(
+    predictor: SAM2VideoPredictor,
+    state: InferenceState,
+    inputs: MaskInputs,
+    obj_ids: Sequence[int],
+    frame_major: bool,
+) -> None:
+    """Give the input masks of ``obj_ids`` to the predictor, in upstream's order: frame by frame
+    (default protocol, ``frame_major``) or object by object (objects appearing later)."""
+    pairs = sorted((frame_idx, obj_id) for obj_id in obj_ids for frame_idx in inputs.masks[obj_id])
+    if not frame_major:
+        pairs.sort(key=lambda pair: (pair[1], pair[0]))
+    for frame_idx, obj_id in pairs:
+        predictor.add_new_mask(
+            inference_state=state, frame_idx=frame_idx, obj_id=obj_id, mask=inputs.masks[obj_id][frame_idx]
+        )
+
+
+def track_objects_appearing_later(
+    predictor: SAM2VideoPredictor,
+    state: InferenceState,
+    inputs: MaskInputs,
+    score_thresh: float,
+    non_overlap: bool,
+) -> Iterator[tuple[int, FrameMasks]]:
+    """Upstream's ``vos_separate_inference_per_object``: each object is tracked forward from its
+    first input frame and is absent (score :data:`ABSENT_SCORE`) before it.
+
+    Objects sharing a first frame are tracked together in one session run (objects are tracked
+    independently, so this equals one run per object up to float rounding). With
+    ``non_overlap`` the model's non-overlap rule is applied across all objects of a frame.
+    Earlier start groups are buffered on the CPU at video resolution; the last one is streamed.
+    """
+    object_ids = inputs.object_ids
+    row_of = {obj_id: row for row, obj_id in enumerate(object_ids)}
+    groups: dict[int, list[int]] = {}
+    for obj_id in object_ids:
+        groups.setdefault(inputs.first_frame(obj_id), []).append(obj_id)
+    starts = sorted(groups)
+    height, width = state["video_height"], state["video_width"]
+
+    def run_group(start: int) -> Iterator[tuple[int, torch.Tensor]]:
+        predictor.reset_state(state)
+        add_input_masks(predictor, state, inputs, groups[start], frame_major=False)
+        for frame_idx, _, logits in predictor.propagate_in_video(state, start_frame_idx=start, reverse=False):
+            yield frame_idx, logits.float().cpu()
+
+    buffered = [(groups[start], dict(run_group(start))) for start in starts[:-1]]
+    last_ids, last_stream = groups[starts[-1]], run_group(starts[-1])
+    pending: dict[int, torch.Tensor] = {}
+    for frame_idx in range(state["num_frames"]):
+        scores = torch.full((len(object_ids), 1, height, width), ABSENT_SCORE, dtype=torch.float32)
+        for obj_ids, outputs in buffered:
+            logits = outputs.pop(frame_idx, None)
+            if logits is not None:
+                scores[[row_of[i] for i in obj_ids]] = logits
+        if frame_idx >= starts[-1]:
+            while frame_idx not in pending:
+                streamed = next(last_stream, None)
+                if streamed is None:
+                    break
+                pending[streamed[0]] = streamed[1]
+            if frame_idx not in pending:
+                raise RuntimeError(f"the predictor produced no output for frame {frame_idx}")
+            scores[[row_of[i] for i in last_ids]] = pending.pop(frame_idx)
+        if non_overlap:
+            scores = apply_non_overlapping_constraints(scores)
+        yield frame_idx, _binarize(object_ids, scores, score_thresh)
+
+
+def track_video(
+    predictor: SAM2VideoPredictor,
+    state: InferenceState,
+    inputs: MaskInputs,
+    score_thresh: float,
+    later_objects: bool,
+    non_overlap: bool,
+) -> Iterator[tuple[int, FrameMasks]]:
+    """Yield ``(frame_idx, {obj_id: bool (1, H, W) mask})`` for every output frame of a video.
+
+    Default protocol (upstream's ``vos_inference``): all objects are added on their input frames
+    and tracked together from the earliest one; overlaps are resolved by the predictor (its
+    ``non_overlap_masks`` setting), so ``non_overlap`` is unused. With ``later_objects``:
+    :func:`track_objects_appearing_later`.
+    """
+    if later_objects:
+        yield from track_objects_appearing_later(predictor, state, inputs, score_thresh, non_overlap)
+        return
+    add_input_masks(predictor, state, inputs, inputs.object_ids, frame_major=True)
+    for frame_idx, obj_ids, logits in predictor.propagate_in_video(state):
+        yield frame_idx, _binarize(obj_ids, logits, score_thresh)

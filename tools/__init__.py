@@ -1,1 +1,0 @@
-"""Command-line tools (dataset inference); run them as scripts, e.g. ``python tools/vos_inference.py``."""
