@@ -22,10 +22,12 @@ the same calls with one row per (object, pathway). Prompted frames use :meth:`tr
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -37,6 +39,7 @@ from sam2.engine import Candidates, FrameFeatures, NewMemories, Timeline
 from sam2.modeling.memory import ItemMemory
 from sam2.modeling.sam2_base import NO_OBJ_SCORE, SAM2Base
 from sam2.utils.misc import concat_points, fill_holes_in_mask_scores, load_video_frames
+from sam2.utils.output_store import DEFAULT_RAM_BUDGET_BYTES, OutputStore
 
 InferenceState = dict[str, Any]
 FrameOutput = dict[str, Any]
@@ -110,6 +113,8 @@ class SAM2VideoPredictor(SAM2Base):
         offload_state_to_cpu: bool = False,
         async_loading_frames: bool = False,
         stream_frames: bool = False,
+        output_ram_budget_bytes: Optional[int] = DEFAULT_RAM_BUDGET_BYTES,
+        spill_dir: Optional[Union[str, os.PathLike]] = None,
     ) -> InferenceState:
         """Load a video and start a session on it.
 
@@ -118,6 +123,12 @@ class SAM2VideoPredictor(SAM2Base):
         CPU memory and ``offload_state_to_cpu`` keeps the stored memories and masks there, both
         trading a little speed for accelerator memory. ``stream_frames`` decodes frames only when
         they are used (memory constant in the video length; for long videos).
+
+        Tracked outputs live in an :class:`~sam2.utils.output_store.OutputStore`: the most recent
+        ones (all that memory attention reads) stay on the compute device up to
+        ``output_ram_budget_bytes``, older ones spill to a temporary folder under ``spill_dir``
+        (default: the system temp folder) and come back bit for bit when a later interaction needs
+        them. ``output_ram_budget_bytes=None`` keeps everything in memory, as upstream does.
         """
         images, video_height, video_width = load_video_frames(
             video_path=video_path,
@@ -129,6 +140,9 @@ class SAM2VideoPredictor(SAM2Base):
         )
         inference_state = self._build_inference_state(
             images, video_height, video_width, offload_video_to_cpu, offload_state_to_cpu
+        )
+        inference_state["output_store"] = OutputStore(
+            output_ram_budget_bytes, spill_dir, retain=self._retains_tracked_outputs()
         )
         # Encode frame 0 right away: it is cached and usually the first frame users prompt.
         self._get_image_feature(inference_state, frame_idx=0, batch_size=1)
@@ -173,11 +187,20 @@ class SAM2VideoPredictor(SAM2Base):
             "frames_tracked_per_obj": {},
         }
 
+    def _retains_tracked_outputs(self) -> bool:
+        """Whether sessions keep tracked outputs (SAM 2 reads them as memory, so always)."""
+        return True
+
     def _add_object_storage(self, inference_state: InferenceState, obj_idx: int) -> None:
-        """Create the empty per-object containers of a new object slot."""
+        """Create the empty per-object containers of a new object slot (tracked outputs in the
+        session's output store)."""
         inference_state["point_inputs_per_obj"][obj_idx] = {}
         inference_state["mask_inputs_per_obj"][obj_idx] = {}
-        inference_state["output_dict_per_obj"][obj_idx] = _empty_output_dict()
+        store = inference_state.get("output_store")
+        if store is None:  # a session built without init_state keeps outputs in plain dicts
+            inference_state["output_dict_per_obj"][obj_idx] = _empty_output_dict()
+        else:
+            inference_state["output_dict_per_obj"][obj_idx] = {COND: {}, NON_COND: store.frames()}
         inference_state["temp_output_dict_per_obj"][obj_idx] = _empty_output_dict()
         inference_state["frames_tracked_per_obj"][obj_idx] = {}
 
@@ -514,23 +537,52 @@ class SAM2VideoPredictor(SAM2Base):
         start_frame_idx: Optional[int] = None,
         max_frame_num_to_track: Optional[int] = None,
         reverse: bool = False,
+        objects_join_at_first_prompt: bool = False,
     ) -> Iterator[tuple[int, list[Any], Tensor]]:
         """Track all objects through the video, yielding ``(frame_idx, obj_ids, video_res_masks)``.
 
         ``video_res_masks`` are mask logits of shape ``(num_obj, 1, H, W)`` at the video
-        resolution (foreground where > 0).
+        resolution (foreground where > 0). By default (upstream's behaviour) every object is tracked
+        on every frame, also before its first prompt. With ``objects_join_at_first_prompt`` an object
+        joins on its first prompted frame in processing order and is reported absent
+        (``NO_OBJ_SCORE``) before it, with no compute spent on it there: the VOS protocol for objects
+        that appear later (LVOS, YouTube-VOS), in one session.
         """
         self.propagate_in_video_preflight(inference_state)
         obj_ids = inference_state["obj_ids"]
         timeline = self.processing_timeline(inference_state, start_frame_idx, max_frame_num_to_track, reverse)
-        for frame_idx in tqdm(timeline, desc="propagate in video"):
-            pred_masks = self._propagate_frame(inference_state, frame_idx, reverse)
+        waiting = set(range(len(obj_ids))) if objects_join_at_first_prompt else set()
+        for frame_idx in tqdm(timeline, desc="propagate in video", unit="frame"):
+            waiting -= self.objects_prompted_on(inference_state, frame_idx)
+            pred_masks = self._propagate_frame(inference_state, frame_idx, reverse, waiting)
             yield frame_idx, obj_ids, self.video_res_masks(inference_state, pred_masks)
 
-    def _propagate_frame(self, inference_state: InferenceState, frame_idx: int, reverse: bool) -> Tensor:
-        """Low-res mask logits ``(num_obj, 1, h, w)`` of all objects on one frame during propagation."""
+    def objects_prompted_on(self, inference_state: InferenceState, frame_idx: int) -> set[int]:
+        """Indices of the objects that have a conditioning frame (a prompt) on ``frame_idx``."""
+        return {
+            obj_idx
+            for obj_idx, out_dict in inference_state["output_dict_per_obj"].items()
+            if frame_idx in out_dict[COND]
+        }
+
+    def absent_masks(self, inference_state: InferenceState, num_objects: int) -> Tensor:
+        """Low-res logits ``(num_objects, 1, h, w)`` of objects reported absent."""
+        size = self.image_size // 4
+        return torch.full((num_objects, 1, size, size), NO_OBJ_SCORE, device=inference_state["device"])
+
+    def _propagate_frame(
+        self,
+        inference_state: InferenceState,
+        frame_idx: int,
+        reverse: bool,
+        waiting: AbstractSet[int] = frozenset(),
+    ) -> Tensor:
+        """Low-res mask logits ``(num_obj, 1, h, w)`` of all objects on one frame during propagation;
+        objects in ``waiting`` (not joined yet) are absent."""
         per_object = [
-            self._propagate_object(inference_state, obj_idx, frame_idx, reverse)
+            self.absent_masks(inference_state, 1)
+            if obj_idx in waiting
+            else self._propagate_object(inference_state, obj_idx, frame_idx, reverse)
             for obj_idx in range(self._get_obj_num(inference_state))
         ]
         return torch.cat(per_object, dim=0)
@@ -711,6 +763,7 @@ class SAM2VideoPredictor(SAM2Base):
         )
         kept_ids = [i for i in inference_state["obj_ids"] if i != obj_id]
         kept_old_inds = [inference_state["obj_id_to_idx"][i] for i in kept_ids]
+        inference_state["output_dict_per_obj"][obj_idx_to_remove][NON_COND].clear()  # frees stored entries
         # Re-index in place, so references to the session's containers stay valid.
         inference_state["obj_id_to_idx"].clear()
         inference_state["obj_id_to_idx"].update((i, new) for new, i in enumerate(kept_ids))

@@ -55,9 +55,9 @@ class ObjectTrack:
     tree: PathwayTree[NewMemories]
     last_cond_step: Optional[int] = None  # step of the latest conditioning frame seen
     after_cond: bool = False  # the next tracked frame is the unbranched one after a conditioning frame
-    cleared_steps: set[int] = field(
-        default_factory=set
-    )  # memories dropped by clear_non_cond_mem_around_input
+    waiting: bool = False  # not joined yet (objects_join_at_first_prompt): absent, no compute
+    # memories dropped by clear_non_cond_mem_around_input
+    cleared_steps: set[int] = field(default_factory=set)
     outputs: dict[int, Tensor] = field(default_factory=dict)  # committed, not yet yielded: step -> logits
 
     def mode(self) -> RowMode:
@@ -104,7 +104,8 @@ class PathwayStep:
 
     ``kind`` is ``"prompt"`` (a conditioning frame: pathways collapse onto the best one), ``"root"``
     (an unbranched frame starting the tree), ``"greedy"`` (before the object's first prompt),
-    ``"branch"`` (a tree selection; ``certain`` tells which rule was used) or ``"end"`` (after the last
+    ``"branch"`` (a tree selection; ``certain`` tells which rule was used), ``"absent"`` (not joined yet,
+    with ``objects_join_at_first_prompt``) or ``"end"`` (after the last
     frame, with the final pathways before the best one is committed). ``scores``, ``ious`` and
     ``obj_logits`` are per pathway after the frame (IoU / object logit of the candidate each pathway
     holds). ``committed_frames`` became final on this frame.
@@ -142,7 +143,9 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
             ``official`` preset, P=3, iou_threshold=0.1, uncertainty=2, modulation (0.95, 1.05)).
         store_outputs: keep the final (best-path) outputs of tracked frames in the session, as SAM 2
             does, so prompts added after propagation see them as memory. ``False`` keeps memory use
-            flat in the video length (outputs are only yielded).
+            flat in the video length (outputs are only yielded). This is the policy of the session's
+            output store (:class:`~sam2.utils.output_store.OutputStore`, ``retain``); with ``True`` the
+            store keeps recent outputs in memory and spills older ones to disk.
         **kwargs: :class:`SAM2VideoPredictor` / ``SAM2Base`` arguments. Options the tree cannot honour
             are refused here, naming the option: ``memory_temporal_stride_for_eval != 1``,
             ``non_overlap_masks_for_mem_enc=True`` and ``num_maskmem < 2``.
@@ -171,6 +174,10 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
             raise TypeError(f"sam2long must be a SAM2LongConfig, got {type(self.sam2long).__name__}")
         self.store_outputs = store_outputs
 
+    def _retains_tracked_outputs(self) -> bool:
+        """Sessions keep best-path outputs only with ``store_outputs`` (the tree holds the memory)."""
+        return self.store_outputs
+
     # ------------------------------------------------------------------ propagation
 
     @torch.inference_mode()
@@ -180,13 +187,15 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
         start_frame_idx: Optional[int] = None,
         max_frame_num_to_track: Optional[int] = None,
         reverse: bool = False,
+        objects_join_at_first_prompt: bool = False,
         observer: Optional[PathwayObserver] = None,
     ) -> Iterator[tuple[int, list[Any], Tensor]]:
         """Track all objects with the memory tree, yielding ``(frame_idx, obj_ids, video_res_masks)``.
 
         Frames come out in processing order, each as soon as its answer is final for every object
         (with ``max_lag`` unset, identical to choosing the best pathway after the last frame).
-        ``observer``, if given, receives a :class:`PathwayStep` per object and processed frame, plus an
+        ``objects_join_at_first_prompt`` is SAM 2's (an object is absent, and costs nothing, before
+        its first prompted frame in processing order). ``observer``, if given, receives a :class:`PathwayStep` per object and processed frame, plus an
         ``"end"`` record per object: the tree's decisions, for plots and analysis.
         """
         self.propagate_in_video_preflight(inference_state)
@@ -201,12 +210,15 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
                     max_obj_ptrs_in_encoder=self.max_obj_ptrs_in_encoder,
                     num_frames=inference_state["num_frames"],
                 ),
+                waiting=objects_join_at_first_prompt,
             )
             for obj_idx in range(len(obj_ids))
         ]
         run = _Propagation(self, inference_state, timeline, tracks, observer)
         pending: deque[int] = deque()
-        for step, _ in tqdm(timeline.steps(), total=len(timeline), desc="propagate in video (SAM2Long)"):
+        for step, _ in tqdm(
+            timeline.steps(), total=len(timeline), desc="propagate in video (SAM2Long)", unit="frame"
+        ):
             pending.append(step)
             run.advance(step)
             yield from run.emit_ready(pending, obj_ids)
@@ -263,7 +275,12 @@ class _Propagation:
         for track in self.tracks:
             cond_out = self.state["output_dict_per_obj"][track.obj_idx][COND].get(frame_idx)
             if cond_out is not None:
+                track.waiting = False
                 self._enter_cond_frame(track, cond_out, step)
+                continue
+            if track.waiting:
+                track.outputs[step] = self.model.absent_masks(self.state, 1)
+                self._observe(track, frame_idx, "absent", None, StepReport())
                 continue
             first = len(rows)
             if track.mode() is RowMode.BRANCH:
@@ -426,8 +443,7 @@ class _Propagation:
             self.state["frames_tracked_per_obj"][track.obj_idx][frame_idx] = {
                 "reverse": self.timeline.reverse
             }
-            if self.model.store_outputs:
-                self.model.store_tracked_output(self.state, track.obj_idx, frame_idx, data, pred_masks)
+            self.model.store_tracked_output(self.state, track.obj_idx, frame_idx, data, pred_masks)
 
     # ------------------------------------------------------------------ observer records
 

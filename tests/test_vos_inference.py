@@ -27,6 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2.modeling.sam2_utils import apply_non_overlapping_constraints
 from sam2long import mask_io
 from sam2long.mask_io import DAVIS_PALETTE, read_mask_with_palette
@@ -689,11 +690,12 @@ def _build_predictor(checkpoint: Path, num_pathway: int):
 
 
 @pytest.mark.parametrize("num_pathway", [1, 3])
-def test_grouped_later_objects_equal_one_run_per_object(
+def test_later_objects_in_one_session_equal_one_run_per_object(
     num_pathway: int, frames: list[Path], checkpoint: Path
 ):
-    """Objects sharing a first frame are batched; the result must equal upstream's protocol of
-    one propagation per object, merged with a -1024 fill and the model's non-overlap rule.
+    """All objects are tracked in one session, each joining on its first frame; the result must
+    equal upstream's protocol of one propagation per object, merged with a -1024 fill and the
+    model's non-overlap rule.
 
     SAM 2 tracks each object on its own, so the masks are identical. SAM2Long batches the
     pathways of all objects, which changes the logits by float rounding only (~1e-5): a pixel
@@ -710,7 +712,7 @@ def test_grouped_later_objects_equal_one_run_per_object(
         state = predictor.init_state(video_path=[np.array(Image.open(p)) for p in frames[:5]])
         grouped = dict(protocol.track_video(predictor, state, inputs, 0.0, True, True))
 
-        scores = torch.full((3, 5, 1, height, width), protocol.ABSENT_SCORE)
+        scores = torch.full((3, 5, 1, height, width), NO_OBJ_SCORE)
         for row, obj_id in enumerate(inputs.object_ids):
             predictor.reset_state(state)
             first = inputs.first_frame(obj_id)

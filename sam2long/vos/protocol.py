@@ -16,9 +16,6 @@ from sam2.modeling.sam2_utils import apply_non_overlapping_constraints
 from sam2.sam2_video_predictor import InferenceState, SAM2VideoPredictor
 from sam2long.vos.dataset import MaskInputs
 
-# Score given to an object on frames before its first input mask (upstream's fill value).
-ABSENT_SCORE = -1024.0
-
 FrameMasks = dict[int, np.ndarray]  # obj_id -> bool (1, H, W) mask of one frame
 
 
@@ -52,49 +49,27 @@ def track_objects_appearing_later(
     score_thresh: float,
     non_overlap: bool,
 ) -> Iterator[tuple[int, FrameMasks]]:
-    """Upstream's ``vos_separate_inference_per_object``: each object is tracked forward from its
-    first input frame and is absent (score :data:`ABSENT_SCORE`) before it.
+    """Upstream's ``vos_separate_inference_per_object`` in one batched session: each object joins
+    the propagation on its first input frame and is absent before it (no compute spent on it
+    there); all objects share one image-encoder pass per frame.
 
-    Objects sharing a first frame are tracked together in one session run (objects are tracked
-    independently, so this equals one run per object up to float rounding). With
-    ``non_overlap`` the model's non-overlap rule is applied across all objects of a frame.
-    Earlier start groups are buffered on the CPU at video resolution; the last one is streamed.
+    Objects are tracked independently, so this equals one run per object (exactly for SAM 2, up
+    to float rounding for SAM2Long's batched pathways). With ``non_overlap`` the model's
+    non-overlap rule is applied across all objects of a frame. Masks are binarized as frames are
+    emitted; nothing is buffered.
     """
     object_ids = inputs.object_ids
-    row_of = {obj_id: row for row, obj_id in enumerate(object_ids)}
-    groups: dict[int, list[int]] = {}
-    for obj_id in object_ids:
-        groups.setdefault(inputs.first_frame(obj_id), []).append(obj_id)
-    starts = sorted(groups)
-    height, width = state["video_height"], state["video_width"]
-
-    def run_group(start: int) -> Iterator[tuple[int, torch.Tensor]]:
-        predictor.reset_state(state)
-        add_input_masks(predictor, state, inputs, groups[start], frame_major=False)
-        for frame_idx, _, logits in predictor.propagate_in_video(state, start_frame_idx=start, reverse=False):
-            yield frame_idx, logits.float().cpu()
-
-    buffered = [(groups[start], dict(run_group(start))) for start in starts[:-1]]
-    last_ids, last_stream = groups[starts[-1]], run_group(starts[-1])
-    pending: dict[int, torch.Tensor] = {}
-    for frame_idx in range(state["num_frames"]):
-        scores = torch.full((len(object_ids), 1, height, width), ABSENT_SCORE, dtype=torch.float32)
-        for obj_ids, outputs in buffered:
-            logits = outputs.pop(frame_idx, None)
-            if logits is not None:
-                scores[[row_of[i] for i in obj_ids]] = logits
-        if frame_idx >= starts[-1]:
-            while frame_idx not in pending:
-                streamed = next(last_stream, None)
-                if streamed is None:
-                    break
-                pending[streamed[0]] = streamed[1]
-            if frame_idx not in pending:
-                raise RuntimeError(f"the predictor produced no output for frame {frame_idx}")
-            scores[[row_of[i] for i in last_ids]] = pending.pop(frame_idx)
+    add_input_masks(predictor, state, inputs, object_ids, frame_major=False)
+    start = min(inputs.first_frame(obj_id) for obj_id in object_ids)
+    empty = np.zeros((1, state["video_height"], state["video_width"]), dtype=bool)
+    for frame_idx in range(start):
+        yield frame_idx, {obj_id: empty for obj_id in object_ids}
+    for frame_idx, obj_ids, logits in predictor.propagate_in_video(
+        state, start_frame_idx=start, objects_join_at_first_prompt=True
+    ):
         if non_overlap:
-            scores = apply_non_overlapping_constraints(scores)
-        yield frame_idx, _binarize(object_ids, scores, score_thresh)
+            logits = apply_non_overlapping_constraints(logits)
+        yield frame_idx, _binarize(obj_ids, logits, score_thresh)
 
 
 def track_video(
