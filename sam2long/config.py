@@ -65,7 +65,10 @@ class SAM2LongConfig:
     """
 
     num_pathways: int = _setting(
-        3, "pathways P kept per object (1 = one greedy pathway, still with memory selection/modulation; plain SAM 2 is the sam2 tracker)", aliases=("--num_pathway",), metavar="P"
+        3,
+        "pathways P kept per object (1 = one greedy pathway, still with memory selection/modulation; plain SAM 2 is the sam2 tracker)",
+        aliases=("--num_pathway",),
+        metavar="P",
     )
     iou_threshold: float = _setting(
         0.1,
