@@ -187,3 +187,32 @@ def test_long_propagation_keeps_session_memory_bounded(predictor, tmp_path: Path
     assert stats.loads == 0, "memory attention only reads recent outputs, which stay in memory"
     outputs = state["output_dict_per_obj"]
     assert sorted(outputs[0]["non_cond_frame_outputs"]) == list(range(1, 120))
+
+
+def test_sam2long_best_path_outputs_spill_and_serve_corrections_like_in_memory(
+    make_checkpoint, bedroom_dir: Path, tmp_path: Path
+) -> None:
+    """SAM2Long writes its committed best-path outputs to the same store; with everything spilled, a
+    correction after propagation and a second propagation equal the in-memory session."""
+    from sam2long import build_sam2long_video_predictor
+
+    predictor = build_sam2long_video_predictor(
+        CFG,
+        make_checkpoint(CFG, seed=0, obj_score_bias=1.0),
+        device="cpu",
+        hydra_overrides_extra=[*OVERRIDES, "++model.add_all_frames_to_correct_as_cond=true"],
+        apply_postprocessing=False,
+    )
+    runs = []
+    for budget in (None, 0):
+        state = _session(predictor, bedroom_dir, output_ram_budget_bytes=budget, spill_dir=tmp_path)
+        first = _propagate(predictor, state)
+        _, _, corrected = predictor.add_new_points_or_box(state, 5, 1, points=[[100, 100]], labels=[1])
+        second = _propagate(predictor, state)
+        runs.append((first, corrected.clone(), second, state["output_store"].stats))
+    (a_first, a_corr, a_second, a_stats), (b_first, b_corr, b_second, b_stats) = runs
+    assert a_stats.spills == 0 and b_stats.spills > 0 and b_stats.loads > 0
+    assert torch.equal(a_corr, b_corr)
+    for a, b in ((a_first, b_first), (a_second, b_second)):
+        assert sorted(a) == sorted(b) == list(range(8))
+        assert all(torch.equal(a[f], b[f]) for f in a)
