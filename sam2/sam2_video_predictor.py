@@ -248,6 +248,13 @@ class SAM2VideoPredictor(SAM2Base):
             raise ValueError(
                 "a box must come before any click on a frame; use clear_old_points=True with a box"
             )
+        width, height = inference_state["video_width"], inference_state["video_height"]
+        limits = (width, height) if normalize_coords else (1.0, 1.0)
+        space = (
+            f"video pixels (0..{width} x 0..{height})"
+            if normalize_coords
+            else "[0, 1] (normalize_coords=False)"
+        )
         coords = torch.zeros(0, 2) if points is None else torch.as_tensor(points, dtype=torch.float32)
         point_labels = (
             torch.zeros(0, dtype=torch.int32)
@@ -258,8 +265,27 @@ class SAM2VideoPredictor(SAM2Base):
             coords = coords.unsqueeze(0)
         if point_labels.dim() == 1:
             point_labels = point_labels.unsqueeze(0)
+        if coords.dim() != 3 or coords.shape[0] != 1 or coords.shape[2] != 2:
+            raise ValueError(f"points must have shape (P, 2) as (x, y) pairs, got {tuple(coords.shape)}")
+        if point_labels.dim() != 2 or point_labels.shape != coords.shape[:2]:
+            raise ValueError(
+                f"labels must have one entry per point: {coords.shape[1]} points but labels of shape "
+                f"{tuple(point_labels.shape)}"
+            )
+        bad_labels = sorted(set(point_labels.flatten().tolist()) - {0, 1, 2, 3})
+        if bad_labels:
+            raise ValueError(f"labels must be 1 (positive) or 0 (negative), got {bad_labels}")
+        _check_in_frame("points", coords[0], limits, space)
         if box is not None:
-            box_coords = torch.as_tensor(box, dtype=torch.float32).to(coords.device).reshape(1, 2, 2)
+            box_coords = torch.as_tensor(box, dtype=torch.float32)
+            if box_coords.numel() != 4:
+                raise ValueError(f"box must be (x0, y0, x1, y1), got {tuple(box_coords.shape)} values")
+            box_coords = box_coords.reshape(1, 2, 2)
+            x0, y0, x1, y1 = box_coords.flatten().tolist()
+            if not (x0 < x1 and y0 < y1):
+                raise ValueError(f"box must have x0 < x1 and y0 < y1, got {(x0, y0, x1, y1)}")
+            _check_in_frame("box", box_coords[0], limits, space)
+            box_coords = box_coords.to(coords.device)
             box_labels = torch.tensor([[2, 3]], dtype=torch.int32, device=point_labels.device)
             coords = torch.cat([box_coords, coords], dim=1)
             point_labels = torch.cat([box_labels, point_labels], dim=1)
@@ -290,6 +316,7 @@ class SAM2VideoPredictor(SAM2Base):
         this frame are replaced. Returns ``(frame_idx, obj_ids, video_res_masks)`` with mask
         logits of all objects on this frame at the video resolution.
         """
+        self._check_frame_idx(inference_state, frame_idx)
         coords, point_labels = self._prepare_point_prompt(
             inference_state, points, labels, box, clear_old_points, normalize_coords
         )
@@ -316,10 +343,16 @@ class SAM2VideoPredictor(SAM2Base):
         The mask replaces any clicks of the object on this frame. Returns
         ``(frame_idx, obj_ids, video_res_masks)`` like :meth:`add_new_points_or_box`.
         """
+        self._check_frame_idx(inference_state, frame_idx)
         if not isinstance(mask, Tensor):
             mask = torch.tensor(np.asarray(mask), dtype=torch.bool)
+        video_size = (inference_state["video_height"], inference_state["video_width"])
         if mask.dim() != 2:
             raise ValueError(f"mask must be 2-D (H, W), got shape {tuple(mask.shape)}")
+        if tuple(mask.shape) != video_size:
+            raise ValueError(
+                f"mask must have the video's size (H, W) = {video_size}, got {tuple(mask.shape)}"
+            )
         mask_inputs = mask[None, None].float().to(inference_state["device"])
         if mask_inputs.shape[-2:] != (self.image_size, self.image_size):
             mask_inputs = F.interpolate(
@@ -336,6 +369,14 @@ class SAM2VideoPredictor(SAM2Base):
         return self._predict_prompted_frame(
             inference_state, obj_idx, frame_idx, point_inputs=None, mask_inputs=mask_inputs
         )
+
+    def _check_frame_idx(self, inference_state: InferenceState, frame_idx: Any) -> None:
+        """A prompt's frame must be an integer index of the video."""
+        num_frames = inference_state["num_frames"]
+        if isinstance(frame_idx, bool) or not isinstance(frame_idx, (int, np.integer)):
+            raise ValueError(f"frame_idx must be an integer, got {frame_idx!r}")
+        if not 0 <= frame_idx < num_frames:
+            raise ValueError(f"frame_idx {frame_idx} is outside the video's frames 0..{num_frames - 1}")
 
     def _previous_mask_logits(
         self, inference_state: InferenceState, obj_idx: int, frame_idx: int, storage_key: str
@@ -528,6 +569,8 @@ class SAM2VideoPredictor(SAM2Base):
             )
         if max_frame_num_to_track is None:
             max_frame_num_to_track = num_frames
+        if max_frame_num_to_track < 0:
+            raise ValueError(f"max_frame_num_to_track must be >= 0, got {max_frame_num_to_track}")
         return Timeline.span(start_frame_idx, max_frame_num_to_track, reverse, num_frames)
 
     @torch.inference_mode()
@@ -934,6 +977,18 @@ class SAM2VideoPredictor(SAM2Base):
         if "maskmem_pos_enc" not in constants:
             raise RuntimeError("no memory has been encoded in this session yet (prompt a frame first)")
         return [level.expand(batch_size, -1, -1, -1) for level in constants["maskmem_pos_enc"]]
+
+
+def _check_in_frame(what: str, xy: Tensor, limits: tuple[float, float], space: str) -> None:
+    """Every ``(x, y)`` row of ``xy`` lies inside ``[0, limits[0]] x [0, limits[1]]``."""
+    if xy.numel() == 0:
+        return
+    if not torch.isfinite(xy).all():
+        raise ValueError(f"{what} must be finite numbers, got {xy.tolist()}")
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] <= limits[0]) & (xy[:, 1] >= 0) & (xy[:, 1] <= limits[1])
+    if not inside.all():
+        outside = xy[~inside].tolist()
+        raise ValueError(f"{what} {outside} lie outside the frame; coordinates are in {space}")
 
 
 def _clone_tensors(value: Any) -> Any:
