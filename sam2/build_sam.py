@@ -186,12 +186,24 @@ def build_sam2_video_predictor_hf(model_id: str, **kwargs: Any) -> nn.Module:
 def _load_checkpoint(model: nn.Module, ckpt_path: Optional[Union[str, os.PathLike]]) -> None:
     """Load ``{"model": state_dict}`` from ``ckpt_path`` strictly.
 
-    Raises ``RuntimeError`` naming the file and listing every missing and unexpected key
-    (and any shape mismatch) instead of stopping at the first problem.
+    Raises ``FileNotFoundError`` naming the path when there is no such file, ``RuntimeError``
+    naming the file when it is not a PyTorch checkpoint (torch's own errors, e.g. a bare
+    ``KeyError: '101'`` for a text file, do not say which file), and ``RuntimeError`` naming the
+    file and listing every missing and unexpected key (and any shape mismatch) instead of
+    stopping at the first problem.
     """
     if ckpt_path is None:
         return
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    path = os.fspath(ckpt_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist (or is not a file)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        if os.path.getsize(path) == 0:
+            reason = "the file is empty (0 bytes)"
+        raise RuntimeError(f"checkpoint {path!r} is not a PyTorch checkpoint: {reason}") from err
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise RuntimeError(f"checkpoint {os.fspath(ckpt_path)!r} has no 'model' entry")
     state_dict = checkpoint["model"]
