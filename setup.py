@@ -15,10 +15,12 @@ REQUIRED = [
     "pillow>=9.4",
     "tqdm>=4.66",
     "opencv-python-headless>=4.7",
+    "av>=14.1",
+    "pycocotools>=2.0.7",
 ]
 
 EXTRAS = {
-    "dev": ["pytest>=7", "ruff>=0.4", "pycocotools>=2.0.7"],
+    "dev": ["pytest>=7", "ruff>=0.4"],
     "hf": ["huggingface_hub>=0.20"],
 }
 
@@ -34,6 +36,6 @@ setup(
     include_package_data=True,
     install_requires=REQUIRED,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["sam2long-vos=sam2long.vos.cli:main"]},
+    entry_points={"console_scripts": ["sam2long=sam2long.cli:main", "sam2long-vos=sam2long.vos.cli:main"]},
     python_requires=">=3.10",
 )

@@ -63,6 +63,15 @@ DAVIS_PALETTE = _voc_colormap()
 # --------------------------------------------------------------------------- atomic writes
 
 
+def temp_path(target: PathLike) -> Path:
+    """A fresh temporary name beside ``target`` (the one naming rule of atomic writes here, so
+    :func:`remove_temp_files` finds leftovers of writers that stream into their own file)."""
+    target = Path(target)
+    return target.with_name(
+        f"{TEMP_PREFIX}{target.name[:_TEMP_NAME_CHARS]}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    )
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any], fsync: bool = False) -> None:
     """Create ``path`` by calling ``write(handle)`` on a temporary file in the same folder, then
     renaming it into place.
@@ -75,9 +84,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any], fsync: bool =
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(
-        f"{TEMP_PREFIX}{target.name[:_TEMP_NAME_CHARS]}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
-    )
+    tmp = temp_path(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
