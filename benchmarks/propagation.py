@@ -23,6 +23,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def _tensor_bytes(obj: object, seen: set[int] | None = None) -> int:
             return 0
         seen.add(key)
         return obj.untyped_storage().nbytes()
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):  # dicts and the session's output-store views
         return sum(_tensor_bytes(v, seen) for v in obj.values())
     if isinstance(obj, (list, tuple)):
         return sum(_tensor_bytes(v, seen) for v in obj)
@@ -105,7 +106,7 @@ def run_case(args: argparse.Namespace) -> dict:
     video = SyntheticVideo(args.num_frames)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
-        state = predictor.init_state(video, stream_frames=True)
+        state = predictor.init_state(video)
         h, w = video.size
         for obj in range(args.objects):
             mask = np.zeros((h, w), dtype=bool)

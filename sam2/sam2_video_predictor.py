@@ -113,6 +113,7 @@ class SAM2VideoPredictor(SAM2Base):
         offload_state_to_cpu: bool = False,
         async_loading_frames: bool = False,
         stream_frames: bool = False,
+        preload_frames: bool = False,
         output_ram_budget_bytes: Optional[int] = DEFAULT_RAM_BUDGET_BYTES,
         spill_dir: Optional[Union[str, os.PathLike]] = None,
     ) -> InferenceState:
@@ -121,8 +122,11 @@ class SAM2VideoPredictor(SAM2Base):
         ``video_path`` is a folder of JPEG/PNG frames, a video file, or in-memory frames (see
         :func:`sam2.utils.misc.load_video_frames`). ``offload_video_to_cpu`` keeps the frames in
         CPU memory and ``offload_state_to_cpu`` keeps the stored memories and masks there, both
-        trading a little speed for accelerator memory. ``stream_frames`` decodes frames only when
-        they are used (memory constant in the video length; for long videos).
+        trading a little speed for accelerator memory. By default frames are decoded when first
+        used into a small ring with read-ahead in the direction of playback (memory constant in the
+        video length); ``async_loading_frames`` (upstream) and ``stream_frames`` are accepted and mean
+        the same. ``preload_frames=True`` decodes every frame up front into one tensor (upstream's
+        default; about 12.6 MB per frame at 1024 px).
 
         Tracked outputs live in an :class:`~sam2.utils.output_store.OutputStore`: the most recent
         ones (all that memory attention reads) stay on the compute device up to
@@ -137,6 +141,7 @@ class SAM2VideoPredictor(SAM2Base):
             async_loading_frames=async_loading_frames,
             compute_device=self.device,
             stream_frames=stream_frames,
+            preload_frames=preload_frames,
         )
         inference_state = self._build_inference_state(
             images, video_height, video_width, offload_video_to_cpu, offload_state_to_cpu
