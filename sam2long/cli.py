@@ -1,0 +1,297 @@
+"""The ``sam2long`` command (also ``python -m sam2long``): segment a video, run a dataset, evaluate, download.
+
+Subcommands::
+
+    sam2long segment VIDEO --prompts prompts.json --out out/      one video -> masks, overlay, RLE
+    sam2long vos ...                                             dataset inference (= sam2long-vos)
+    sam2long eval sav|lvos ...                                   the SA-V / LVOS / DAVIS evaluators
+    sam2long download [NAMES...|--all]                           fetch checkpoints into the cache
+
+Each subcommand is a thin shell over library code (:mod:`sam2long.segment`, :mod:`sam2long.vos`,
+:mod:`sav_dataset`, :mod:`sam2long.models`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+LOGGER = logging.getLogger("sam2long")
+
+
+class _PromptAction(argparse.Action):
+    """``--point/--box/--mask`` in command-line order, each tagged with the latest ``--frame/--obj``."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        items = list(getattr(namespace, "cli_prompts", None) or [])
+        if option_string == "--frame":
+            namespace.current_frame = _non_negative(parser, "--frame", values, 0)
+            return
+        if option_string == "--obj":
+            namespace.current_obj = _non_negative(parser, "--obj", values, 1)
+            return
+        frame = getattr(namespace, "current_frame", 0)
+        obj = getattr(namespace, "current_obj", 1)
+        items.append((option_string, values, frame, obj))
+        namespace.cli_prompts = items
+
+
+def _non_negative(parser: argparse.ArgumentParser, flag: str, text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        parser.error(f"{flag} expects an integer >= {minimum}, got {text!r}")
+    return value
+
+
+def _segment_parser(sub: argparse._SubParsersAction) -> None:
+    from sam2long.config import add_config_arguments
+    from sam2long.segment import DIRECTIONS
+
+    p = sub.add_parser(
+        "segment",
+        help="segment and track objects in one video",
+        description="Track prompted objects through a video and write masks, an overlay video, COCO RLE "
+        "and a summary into --out. Prompts: --prompts FILE (schema in the README), or --point X,Y[,LABEL] / "
+        "--box X0,Y0,X1,Y1 / --mask PNG, each for the latest --frame N and --obj ID given before it.",
+    )
+    p.add_argument("video", help="a video file (mp4, mov, avi, mkv, webm) or a folder of JPEG/PNG frames")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--prompts", default=None, help="prompts JSON file")
+    for flag, metavar, text in (
+        ("--point", "X,Y[,LABEL]", "a click in video pixels (LABEL 1 positive, the default, or 0 negative)"),
+        ("--box", "X0,Y0,X1,Y1", "a box in video pixels"),
+        ("--mask", "PNG", "a mask PNG of the video's size (non-zero = object)"),
+    ):
+        p.add_argument(flag, action=_PromptAction, metavar=metavar, dest="cli_prompts", help=text)
+    p.add_argument(
+        "--frame", action=_PromptAction, metavar="N", dest="cli_prompts", help="frame of the next prompts"
+    )
+    p.add_argument(
+        "--obj", action=_PromptAction, metavar="ID", dest="cli_prompts", help="object of the next prompts"
+    )
+    model = p.add_argument_group("model")
+    model.add_argument(
+        "--model", default="sam2.1-tiny", help="model name, fetched on first use (default: %(default)s)"
+    )
+    model.add_argument("--config", default=None, help="a SAM 2 hydra config instead of --model")
+    model.add_argument(
+        "--checkpoint", default=None, help="checkpoint file (with --config, or instead of the download)"
+    )
+    model.add_argument(
+        "--offline", action="store_true", help="never download; fail if the checkpoint is not cached"
+    )
+    model.add_argument(
+        "--hydra_overrides", nargs="*", default=[], metavar="OVERRIDE", help="e.g. ++model.image_size=512"
+    )
+    model.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    model.add_argument("--tracker", choices=("sam2", "sam2long"), default="sam2long")
+    model.add_argument(
+        "--compare-sam2", dest="compare_sam2", action="store_true", help="also run SAM 2; side-by-side video"
+    )
+    tree = p.add_argument_group("SAM2Long memory tree")
+    add_config_arguments(tree)
+    run = p.add_argument_group("propagation and output")
+    direction = run.add_mutually_exclusive_group()
+    direction.add_argument(
+        "--reverse",
+        dest="direction",
+        action="store_const",
+        const="reverse",
+        help="backwards from the latest prompt",
+    )
+    direction.add_argument(
+        "--both", dest="direction", action="store_const", const="both", help="forwards, then backwards"
+    )
+    p.set_defaults(direction=DIRECTIONS[0], cli_prompts=[], handler=_run_segment)
+    run.add_argument(
+        "--fps", type=float, default=None, help="frame rate of frame folders (default: the video's, or 24)"
+    )
+    run.add_argument(
+        "--score_thresh", type=float, default=0.0, help="threshold on the mask logits (default: 0)"
+    )
+
+
+def _command_line_prompts(items: Sequence[tuple]) -> list:
+    """Group ``--point``/``--box`` of one object and frame into one prompt; masks stand alone."""
+    from sam2long.prompts import Prompt, parse_box, parse_point
+
+    grouped: dict[tuple[int, int], dict] = {}
+    prompts = []
+    for flag, value, frame, obj in items:
+        if flag == "--mask":
+            prompts.append(Prompt(obj, frame, mask_path=Path(value), source=f"--mask {value}"))
+            continue
+        entry = grouped.setdefault((obj, frame), {"points": [], "labels": [], "box": None})
+        if flag == "--point":
+            xy, label = parse_point(value)
+            entry["points"].append(xy)
+            entry["labels"].append(label)
+        else:
+            entry["box"] = parse_box(value)
+    for (obj, frame), entry in grouped.items():
+        points = entry["points"] or None
+        prompts.append(
+            Prompt(
+                obj,
+                frame,
+                points=points,
+                labels=entry["labels"] or None,
+                box=entry["box"],
+                source="command line",
+            )
+        )
+    return prompts
+
+
+def _writable_folder(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise SystemExit(f"error: output folder {path} cannot be written: {error}") from error
+    return path
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from sam2.build_sam import default_device
+    from sam2.utils.frame_sources import FrameSourceError, open_frame_source
+    from sam2long.config import config_from_args
+    from sam2long.prompts import PromptError, load_prompts
+    from sam2long.segment import summarize, track, write_outputs
+    from sam2long.vos.tracker import TrackerSpec
+
+    try:
+        prompts = (load_prompts(args.prompts) if args.prompts else []) + _command_line_prompts(
+            args.cli_prompts
+        )
+        if not prompts:
+            raise PromptError("no prompts: give --prompts FILE or --point/--box/--mask")
+        for prompt in prompts:
+            if prompt.mask_path is not None and not prompt.mask_path.is_file():
+                raise PromptError(f"{prompt.source}: mask file {prompt.mask_path} does not exist")
+        source = open_frame_source(args.video)
+    except (PromptError, FrameSourceError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = _writable_folder(Path(args.out))
+    config_file, checkpoint, model_name = _model_files(args)
+    device = args.device or default_device()
+    tree = config_from_args(args) if args.tracker == "sam2long" else None
+    specs = [
+        TrackerSpec(
+            args.tracker, config_file, checkpoint, tree, args.preset, tuple(args.hydra_overrides), True
+        )
+    ]
+    if args.compare_sam2:
+        specs.insert(
+            0, TrackerSpec("sam2", config_file, checkpoint, None, None, tuple(args.hydra_overrides), True)
+        )
+    fps = args.fps or getattr(source, "fps", None) or 24.0
+    results = []
+    try:
+        for spec in specs:
+            predictor = spec.build(device, non_overlap_masks=False)
+            sub = out / "sam2" if (args.compare_sam2 and spec.tracker == "sam2") else out
+            results.append(
+                track(spec.tracker, predictor, source, prompts, sub, args.direction, args.score_thresh)
+            )
+            del predictor
+    except PromptError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    main_result = results[-1]
+    compare = results[0] if args.compare_sam2 else None
+    write_outputs(source, main_result, out, fps, compare)
+    summarize(
+        out / "summary.json",
+        source,
+        fps,
+        results,
+        video=str(args.video),
+        device=str(device),
+        model=model_name,
+        config=config_file,
+        checkpoint=str(checkpoint),
+        direction=args.direction,
+        tracker=specs[-1].describe(),
+    )
+    print(
+        f"wrote {len(source)} frames to {out} (overlay.mp4, masks/, palette/, masks_rle.json, summary.json)"
+    )
+    return 0
+
+
+def _model_files(args: argparse.Namespace) -> tuple[str, str, Optional[str]]:
+    """``(config, checkpoint, model name)`` from ``--config/--checkpoint`` or ``--model``."""
+    if args.config is not None:
+        if args.checkpoint is None:
+            raise SystemExit("error: --config needs --checkpoint")
+        return args.config, args.checkpoint, None
+    from sam2long.models import fetch_checkpoint, resolve_model
+
+    try:
+        spec = resolve_model(args.model)
+        checkpoint = args.checkpoint or str(fetch_checkpoint(spec, offline=args.offline))
+    except (ValueError, RuntimeError, OSError) as error:
+        raise SystemExit(f"error: {error}") from error
+    return spec.config, checkpoint, spec.name
+
+
+# Subcommands that hand their arguments to another entry point unchanged.
+_PASSTHROUGH = {
+    "vos": ("dataset VOS inference (sam2long vos --help)", "sam2long.vos.cli:main"),
+    "download": (
+        "download checkpoints by model name (sam2long download --help)",
+        "sam2long.models:download_main",
+    ),
+}
+_EVALUATORS = {"sav": "sav_dataset.sav_evaluator:main", "lvos": "sav_dataset.lvos_evaluator:main"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sam2long", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _segment_parser(sub)
+    for name, (help_text, _) in _PASSTHROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    sub.add_parser(
+        "eval", help="evaluate predictions: sam2long eval sav|lvos ... (SA-V, LVOS, DAVIS)", add_help=False
+    )
+    return parser
+
+
+def _call(target: str, argv: Sequence[str]) -> int:
+    import importlib
+
+    module, func = target.split(":")
+    return int(getattr(importlib.import_module(module), func)(list(argv)) or 0)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``sam2long`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in _PASSTHROUGH:
+        return _call(_PASSTHROUGH[argv[0]][1], argv[1:])
+    if argv and argv[0] == "eval":
+        if len(argv) < 2 or argv[1] not in _EVALUATORS:
+            parser.error(f"eval needs one of {sorted(_EVALUATORS)}: sam2long eval sav|lvos --help")
+        return _call(_EVALUATORS[argv[1]], argv[2:])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""One video end to end: prompts in, masks, overlay video, RLE and a summary out (``sam2long segment``).
+
+Propagation yields frames in processing order (forward, reverse or both), so masks are first written
+as per-object PNGs (``masks/<obj_id:03d>/<frame>.png``, every file atomic) as they are emitted; a
+second pass then reads them in frame order and writes the palette PNGs, the overlay video and the
+COCO-RLE JSON. Memory stays bounded by one frame whatever the video length. With a comparison
+tracker (SAM 2 next to SAM2Long) its masks go to ``sam2/masks/`` and a side-by-side video is written.
+
+Output folder::
+
+    masks/<obj_id:03d>/<frame>.png   per-object masks (0/1)
+    palette/<frame>.png              all objects in one palette PNG (DAVIS colours)
+    overlay.mp4                      H.264, input size and fps, objects coloured with contours and ids
+    masks_rle.json                   COCO RLE per frame and object (pycocotools)
+    compare.mp4, sam2/masks/...      with a comparison tracker
+    summary.json                     frames, fps, device, model, tracker settings, timings
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from sam2.sam2_video_predictor import SAM2VideoPredictor
+from sam2.utils.frame_sources import FrameSource
+from sam2long.export import (
+    CocoRleWriter,
+    OverlayVideoWriter,
+    PalettePngWriter,
+    PerObjectPngWriter,
+    SideBySideWriter,
+    write_summary,
+)
+from sam2long.mask_io import read_mask
+from sam2long.prompts import Prompt, apply_prompts
+
+DIRECTIONS = ("forward", "reverse", "both")
+
+
+@dataclass
+class TrackResult:
+    """What one tracker produced for a video."""
+
+    name: str
+    masks_dir: Path
+    frames_tracked: int = 0
+    seconds: float = 0.0
+    obj_ids: list[int] = field(default_factory=list)
+
+
+def propagate(
+    predictor: SAM2VideoPredictor, state: Any, direction: str
+) -> Iterator[tuple[int, list[Any], torch.Tensor]]:
+    """Propagation in ``direction``: forward from the earliest prompted frame, reverse from the latest,
+    or both (forward, then reverse from the earliest; that frame is yielded once)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    predictor.propagate_in_video_preflight(state)
+    prompted = sorted({f for out in state["output_dict_per_obj"].values() for f in out["cond_frame_outputs"]})
+    if direction in ("forward", "both"):
+        yield from predictor.propagate_in_video(state, start_frame_idx=prompted[0])
+    if direction == "reverse":
+        yield from predictor.propagate_in_video(state, start_frame_idx=prompted[-1], reverse=True)
+    if direction == "both":
+        for item in predictor.propagate_in_video(state, start_frame_idx=prompted[0], reverse=True):
+            if item[0] != prompted[0]:
+                yield item
+
+
+def track(
+    name: str,
+    predictor: SAM2VideoPredictor,
+    source: FrameSource,
+    prompts: Sequence[Prompt],
+    out_dir: Path,
+    direction: str,
+    score_thresh: float = 0.0,
+) -> TrackResult:
+    """Track ``prompts`` through ``source`` and write per-object mask PNGs as frames are emitted."""
+    result = TrackResult(name, out_dir / "masks")
+    writer = PerObjectPngWriter(result.masks_dir)
+    with torch.inference_mode():
+        state = predictor.init_state(source)
+        apply_prompts(predictor, state, prompts)
+        result.obj_ids = [int(i) for i in state["obj_ids"]]
+        start = time.perf_counter()
+        for frame_idx, obj_ids, logits in propagate(predictor, state, direction):
+            masks = (logits > score_thresh).cpu().numpy()[:, 0]
+            writer.write(source.frame_names[frame_idx], {int(o): masks[i] for i, o in enumerate(obj_ids)})
+            result.frames_tracked += 1
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def read_frame_masks(masks_dir: Path, obj_ids: Sequence[int], frame_name: str, size: tuple[int, int]) -> dict:
+    """Per-object masks of one frame from ``masks/<obj_id:03d>/<frame>.png`` (empty where absent)."""
+    masks = {}
+    for obj_id in obj_ids:
+        path = masks_dir / f"{obj_id:03d}" / f"{frame_name}.png"
+        masks[obj_id] = read_mask(path) > 0 if path.is_file() else np.zeros(size, dtype=bool)
+    return masks
+
+
+def write_outputs(
+    source: FrameSource,
+    result: TrackResult,
+    out_dir: Path,
+    fps: float,
+    compare: Optional[TrackResult] = None,
+) -> list[str]:
+    """Second pass in frame order: palette PNGs, the overlay video, COCO RLE (and the comparison video)."""
+    height, width = source.size
+    names = source.frame_names
+    palette = PalettePngWriter(out_dir / "palette")
+    rle = CocoRleWriter(out_dir / "masks_rle.json", height, width)
+    written = ["masks/", "palette/", "overlay.mp4", "masks_rle.json"]
+    with OverlayVideoWriter(out_dir / "overlay.mp4", fps, (height, width)) as overlay:
+        side = (
+            SideBySideWriter(
+                out_dir / "compare.mp4",
+                fps,
+                (height, width),
+                left_title=compare.name,
+                right_title=result.name,
+            )
+            if compare
+            else None
+        )
+        try:
+            for frame_idx, name in enumerate(names):
+                masks = read_frame_masks(result.masks_dir, result.obj_ids, name, (height, width))
+                frame = source.get(frame_idx)
+                palette.write(name, masks)
+                rle.write(frame_idx, name, masks)
+                overlay.write(frame, masks)
+                if side is not None:
+                    other = read_frame_masks(compare.masks_dir, compare.obj_ids, name, (height, width))
+                    side.write(frame, other, masks, frame_idx)
+        finally:
+            if side is not None:
+                side.close()
+    rle.close()
+    if compare is not None:
+        written += ["compare.mp4", f"{compare.masks_dir.relative_to(out_dir)}/"]
+    return written
+
+
+def summarize(
+    path: Path, source: FrameSource, fps: float, results: Sequence[TrackResult], **settings: Any
+) -> None:
+    """The run summary JSON."""
+    write_summary(
+        path,
+        frames=len(source),
+        frame_size=list(source.size),
+        fps=fps,
+        trackers={
+            r.name: {
+                "frames_tracked": r.frames_tracked,
+                "seconds": round(r.seconds, 3),
+                "fps": round(r.frames_tracked / r.seconds, 3) if r.seconds > 0 else None,
+                "objects": r.obj_ids,
+            }
+            for r in results
+        },
+        **settings,
+    )

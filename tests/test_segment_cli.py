@@ -1,0 +1,156 @@
+"""``sam2long segment`` end to end on real frames with random weights, and its errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from sam2long.cli import main
+from sam2long.mask_io import read_mask
+
+CFG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+NUM_FRAMES, FPS = 6, 12
+
+
+@pytest.fixture(scope="module")
+def clip(bedroom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-frame 480x270 H.264 clip at 12 fps made from the bedroom test frames."""
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 480, 270, "yuv420p"
+        for src in sorted(bedroom_dir.glob("*.jpg"))[:NUM_FRAMES]:
+            frame = av.VideoFrame.from_image(Image.open(src).convert("RGB"))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_args(make_checkpoint) -> list[str]:
+    ckpt = make_checkpoint(CFG, seed=0, obj_score_bias=1.0)
+    return [
+        "--config",
+        CFG,
+        "--checkpoint",
+        str(ckpt),
+        "--hydra_overrides",
+        "++model.image_size=256",
+        "--device",
+        "cpu",
+    ]
+
+
+def _prompts(tmp_path: Path, entries) -> Path:
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps({"prompts": entries}))
+    return path
+
+
+PROMPTS = [
+    {"obj": 1, "frame": 0, "points": [[198, 112]], "labels": [1]},
+    {"obj": 2, "frame": 0, "box": [75, 65, 140, 200]},
+]
+
+
+def test_segment_writes_every_output(clip: Path, model_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, PROMPTS)), "--out", str(out)]
+    assert main([*argv, *model_args, "--num_pathways", "2", "--compare-sam2"]) == 0
+
+    names = [f"{i:05d}" for i in range(NUM_FRAMES)]
+    for obj in ("001", "002"):
+        assert sorted(p.stem for p in (out / "masks" / obj).glob("*.png")) == names
+        assert sorted(p.stem for p in (out / "sam2" / "masks" / obj).glob("*.png")) == names
+    assert sorted(p.stem for p in (out / "palette").glob("*.png")) == names
+
+    for video, width in (("overlay.mp4", 480), ("compare.mp4", None)):
+        with av.open(str(out / video)) as container:
+            stream = container.streams.video[0]
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+            assert len(frames) == NUM_FRAMES and float(stream.average_rate) == FPS
+            assert frames[0].shape[0] == 270
+            if width is not None:
+                assert frames[0].shape[1] == width
+            else:
+                assert frames[0].shape[1] > 2 * 480
+
+    rle = json.loads((out / "masks_rle.json").read_text())
+    assert (rle["height"], rle["width"]) == (270, 480) and len(rle["frames"]) == NUM_FRAMES
+    for frame in rle["frames"]:
+        for obj in frame["objects"]:
+            decoded = mask_utils.decode({"size": obj["rle"]["size"], "counts": obj["rle"]["counts"].encode()})
+            png = read_mask(out / "masks" / f"{obj['obj_id']:03d}" / f"{frame['frame_name']}.png") > 0
+            assert np.array_equal(decoded.astype(bool), png), (frame["frame_idx"], obj["obj_id"])
+    palette = read_mask(out / "palette" / "00003.png")
+    one = read_mask(out / "masks" / "001" / "00003.png") > 0
+    assert np.array_equal(palette == 1, one)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == NUM_FRAMES and summary["fps"] == FPS and summary["device"] == "cpu"
+    assert summary["tracker"]["tracker"] == "sam2long" and summary["tracker"]["num_pathways"] == 2
+    assert set(summary["trackers"]) == {"sam2", "sam2long"}
+    assert summary["trackers"]["sam2long"]["frames_tracked"] == NUM_FRAMES
+    assert not list(out.rglob(".partial-*")), "no temporary file is left"
+
+
+def test_command_line_prompts_and_frame_folders(
+    bedroom_dir: Path, model_args: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    argv = ["segment", str(bedroom_dir), "--out", str(out), "--fps", "5", "--tracker", "sam2"]
+    argv += ["--frame", "2", "--obj", "4", "--point", "198,112", "--point", "300,60,0", "--both"]
+    assert main([*argv, *model_args]) == 0
+    assert sorted(p.stem for p in (out / "masks" / "004").glob("*.png")) == [f"{i:05d}" for i in range(8)]
+    with av.open(str(out / "overlay.mp4")) as container:
+        assert float(container.streams.video[0].average_rate) == 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["direction"] == "both" and summary["trackers"]["sam2"]["frames_tracked"] == 8
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        (
+            [{"obj": 1, "frame": 0, "points": [[5000, 5000]]}],
+            r"prompts\[0\] \(object 1, frame 0\): points .* outside",
+        ),
+        (
+            [{"obj": 1, "frame": 99, "box": [1, 1, 9, 9]}],
+            r"prompts\[0\] \(object 1, frame 99\): frame_idx 99",
+        ),
+    ],
+)
+def test_bad_prompts_are_named(clip, model_args, tmp_path, capsys, entries, message) -> None:
+    argv = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, entries)), "--out", str(tmp_path / "o")]
+    assert main([*argv, *model_args, "--tracker", "sam2"]) == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_bad_video_model_and_output_are_named(clip, model_args, tmp_path, capsys) -> None:
+    prompts = str(_prompts(tmp_path, PROMPTS))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    assert (
+        main(["segment", str(broken), "--prompts", prompts, "--out", str(tmp_path / "o"), *model_args]) == 2
+    )
+    assert "broken.mp4" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown model 'sam9-huge'.*sam2.1-tiny"):
+        main(
+            ["segment", str(clip), "--prompts", prompts, "--out", str(tmp_path / "o"), "--model", "sam9-huge"]
+        )
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit, match="output folder .*file/out cannot be written"):
+        main(["segment", str(clip), "--prompts", prompts, "--out", str(blocker / "out"), *model_args])
