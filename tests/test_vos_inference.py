@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -733,3 +734,27 @@ def test_later_objects_in_one_session_equal_one_run_per_object(
                 assert (margin[differs] < 1e-3).all(), (frame_idx, obj_id, margin[differs].min())
                 assert differs.sum() <= 10, (frame_idx, obj_id)
     assert not grouped[1][3].any() and grouped[2][3].any()
+
+
+def test_truncated_video_file_keeps_its_decodable_frames_and_fails(checkpoint: Path, tmp_path: Path):
+    """A video file cut mid-stream: the decodable frames get their masks, the video is marked failed
+    naming the file and its last decodable frame, and it is not marked done (a resume runs it again)."""
+    asset = Path(__file__).resolve().parent / "assets" / "bedroom_h264.mp4"
+    root = tmp_path / "data"
+    (root / "JPEGImages").mkdir(parents=True)
+    data = asset.read_bytes()
+    (root / "JPEGImages" / "cut.mp4").write_bytes(data[: int(len(data) * 0.2)])
+    with av.open(str(asset)) as container:
+        height, width = container.streams.video[0].height, container.streams.video[0].width
+    save_png(root / "Annotations" / "cut" / "00000.png", rect_labels(height, width, {1: RECTS[1]}), None)
+    out = tmp_path / "masks"
+    with pytest.warns(UserWarning, match="truncated or damaged"):
+        result = run_main(cli_args(checkpoint, root, out, *SAM2))
+    assert result.returncode == 1
+    summary = read_summary(out)
+    entry = summary["videos"]["cut"]
+    assert entry["status"] == "failed" and "cut.mp4 is truncated or damaged" in entry["error"]
+    last = int(entry["error"].split("last decodable frame is ")[1].split()[0])
+    assert 0 < last < 89
+    assert sorted(p.stem for p in (out / "cut").glob("*.png")) == [f"{i:05d}" for i in range(last + 1)]
+    assert not (Path(f"{out.resolve()}.state") / "done" / "cut.json").exists()

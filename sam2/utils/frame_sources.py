@@ -205,6 +205,11 @@ class VideoFileSource(FrameSource):
 
     kind = "video"
 
+    @property
+    def damaged(self) -> bool:
+        """Whether the file is truncated or damaged (only its first ``len(self)`` frames decode)."""
+        return self._damaged
+
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if not self.path.is_file():

@@ -172,6 +172,12 @@ def run_video(predictor: SAM2VideoPredictor, name: str, opts: RunOptions) -> tup
             files.extend(writer.write(frame_names[frame_idx], per_obj))
             frames_written += 1
         del state
+    if getattr(source, "damaged", False):
+        # The decodable frames keep their masks; the video still counts as failed (no done-marker).
+        raise VosInputError(
+            f"video {name!r}: file {entry.path} is truncated or damaged; its last decodable frame is "
+            f"{len(frame_names) - 1} (masks written for frames 0 to {len(frame_names) - 1})"
+        )
     seconds = time.perf_counter() - started
     peak, peak_kind = meter.read()
     stats = VideoStats(
