@@ -20,7 +20,9 @@ REQUIRED = [
 ]
 
 EXTRAS = {
-    "dev": ["pytest>=7", "ruff>=0.4"],
+    # tests, lint, and the notebook test (nbclient runs notebooks/video_segmentation.ipynb)
+    "dev": ["pytest>=7", "ruff>=0.4", "nbclient>=0.7", "nbformat>=5.1", "ipykernel>=6.0", "matplotlib>=3.5"],
+    "notebook": ["jupyterlab>=3", "ipykernel>=6.0", "matplotlib>=3.5"],
     "hf": ["huggingface_hub>=0.20"],
 }
 
