@@ -21,7 +21,17 @@ REQUIRED = [
 
 EXTRAS = {
     # tests, lint, and the notebook test (nbclient runs notebooks/video_segmentation.ipynb)
-    "dev": ["pytest>=7", "ruff>=0.4", "nbclient>=0.7", "nbformat>=5.1", "ipykernel>=6.0", "matplotlib>=3.5"],
+    "dev": [
+        "pytest>=7",
+        "ruff>=0.4",
+        "nbclient>=0.7",
+        "nbformat>=5.1",
+        "ipykernel>=6.0",
+        "matplotlib>=3.7",
+        "selenium>=4.11",
+    ],
+    # the web demo: Gradio is this field's demo convention; matplotlib draws the pathway plot
+    "demo": ["gradio>=6.0", "matplotlib>=3.7"],
     "notebook": ["jupyterlab>=3", "ipykernel>=6.0", "matplotlib>=3.5"],
     "hf": ["huggingface_hub>=0.20"],
 }

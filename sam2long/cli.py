@@ -6,6 +6,7 @@ Subcommands::
     sam2long vos ...                                             dataset inference (= sam2long-vos)
     sam2long eval sav|lvos ...                                   the SA-V / LVOS / DAVIS evaluators
     sam2long download [NAMES...|--all]                           fetch checkpoints into the cache
+    sam2long demo                                                the Gradio web demo ([demo] extra)
 
 Each subcommand is a thin shell over library code (:mod:`sam2long.segment`, :mod:`sam2long.vos`,
 :mod:`sav_dataset`, :mod:`sam2long.models`).
@@ -253,6 +254,7 @@ _PASSTHROUGH = {
         "download checkpoints by model name (sam2long download --help)",
         "sam2long.models:download_main",
     ),
+    "demo": ("interactive web demo, Gradio (sam2long demo --help)", "sam2long.demo:main"),
 }
 _EVALUATORS = {"sav": "sav_dataset.sav_evaluator:main", "lvos": "sav_dataset.lvos_evaluator:main"}
 
