@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from propagation import SyntheticVideo  # noqa: E402
+from propagation import SyntheticVideo, prompt_objects  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -74,12 +74,7 @@ def run_case(args: argparse.Namespace) -> dict:
     )
     with torch.inference_mode(), autocast:
         state = predictor.init_state(video)
-        h, w = video.size
-        for obj in range(2):
-            mask = np.zeros((h, w), dtype=bool)
-            x0 = int(w * (0.15 + 0.25 * obj))
-            mask[h // 3 : 2 * h // 3, x0 : x0 + w // 6] = True
-            predictor.add_new_mask(state, 0, obj + 1, mask)
+        prompt_objects(predictor, state, video, 2)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)

@@ -61,6 +61,16 @@ class SyntheticVideo(FrameSource):
         return frame
 
 
+def prompt_objects(predictor, state, video: FrameSource, count: int) -> None:
+    """Give ``count`` box-shaped mask prompts on frame 0 (the benchmarks' objects)."""
+    h, w = video.size
+    for obj in range(count):
+        mask = np.zeros((h, w), dtype=bool)
+        x0 = int(w * (0.15 + 0.25 * obj))
+        mask[h // 3 : 2 * h // 3, x0 : x0 + w // 6] = True
+        predictor.add_new_mask(state, 0, obj + 1, mask)
+
+
 def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
@@ -104,15 +114,12 @@ def run_case(args: argparse.Namespace) -> dict:
             args.config, num_pathways=int(args.mode[1:]), store_outputs=False, **common
         )
     video = SyntheticVideo(args.num_frames)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
     with torch.inference_mode(), autocast:
         state = predictor.init_state(video)
-        h, w = video.size
-        for obj in range(args.objects):
-            mask = np.zeros((h, w), dtype=bool)
-            x0 = int(w * (0.15 + 0.25 * obj))
-            mask[h // 3 : 2 * h // 3, x0 : x0 + w // 6] = True
-            predictor.add_new_mask(state, 0, obj + 1, mask)
+        prompt_objects(predictor, state, video, args.objects)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
@@ -139,7 +146,9 @@ def run_case(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/sam2.1/sam2.1_hiera_t.yaml")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--image_size", type=int, default=512)
@@ -155,7 +164,9 @@ def main() -> None:
         print(json.dumps(run_case(args)))
         return
 
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    device_name = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    )
     print(
         f"# {time.strftime('%Y-%m-%d')} {args.config} image_size={args.image_size} objects={args.objects} "
         f"device={args.device} ({device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads)"

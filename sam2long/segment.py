@@ -18,6 +18,7 @@ Output folder::
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -113,42 +114,32 @@ def write_outputs(
     out_dir: Path,
     fps: float,
     compare: Optional[TrackResult] = None,
-) -> list[str]:
-    """Second pass in frame order: palette PNGs, the overlay video, COCO RLE (and the comparison video)."""
+) -> None:
+    """Second pass in frame order: palette PNGs, the overlay video, COCO RLE (and the comparison
+    video). On an error no video or RLE file is left half-written."""
     height, width = source.size
-    names = source.frame_names
+    size = (height, width)
     palette = PalettePngWriter(out_dir / "palette")
-    rle = CocoRleWriter(out_dir / "masks_rle.json", height, width)
-    written = ["masks/", "palette/", "overlay.mp4", "masks_rle.json"]
-    with OverlayVideoWriter(out_dir / "overlay.mp4", fps, (height, width)) as overlay:
-        side = (
-            SideBySideWriter(
-                out_dir / "compare.mp4",
-                fps,
-                (height, width),
-                left_title=compare.name,
-                right_title=result.name,
+    with contextlib.ExitStack() as stack:
+        rle = stack.enter_context(CocoRleWriter(out_dir / "masks_rle.json", height, width))
+        overlay = stack.enter_context(OverlayVideoWriter(out_dir / "overlay.mp4", fps, size))
+        side = None
+        if compare is not None:
+            side = stack.enter_context(
+                SideBySideWriter(
+                    out_dir / "compare.mp4", fps, size, left_title=compare.name, right_title=result.name
+                )
             )
-            if compare
-            else None
-        )
-        try:
-            for frame_idx, name in enumerate(names):
-                masks = read_frame_masks(result.masks_dir, result.obj_ids, name, (height, width))
-                frame = source.get(frame_idx)
-                palette.write(name, masks)
-                rle.write(frame_idx, name, masks)
-                overlay.write(frame, masks)
-                if side is not None:
-                    other = read_frame_masks(compare.masks_dir, compare.obj_ids, name, (height, width))
-                    side.write(frame, other, masks, frame_idx)
-        finally:
+        for frame_idx, name in enumerate(source.frame_names):
+            masks = read_frame_masks(result.masks_dir, result.obj_ids, name, size)
+            frame = source.get(frame_idx)
+            palette.write(name, masks)
+            rle.write(frame_idx, name, masks)
+            overlay.write(frame, masks)
             if side is not None:
-                side.close()
-    rle.close()
-    if compare is not None:
-        written += ["compare.mp4", f"{compare.masks_dir.relative_to(out_dir)}/"]
-    return written
+                side.write(
+                    frame, read_frame_masks(compare.masks_dir, compare.obj_ids, name, size), masks, frame_idx
+                )
 
 
 def summarize(
