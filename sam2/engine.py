@@ -70,12 +70,13 @@ class NewMemories:
         return self.obj_ptr.size(0)
 
     def row(self, i: int) -> NewMemories:
-        """Row ``i`` as a one-row record (views, no copies)."""
+        """Row ``i`` as a one-row record that owns its memory (copies: a view would keep the whole
+        batch alive for as long as the row is kept, several times the row's own size)."""
         return NewMemories(
-            self.maskmem_features[i : i + 1],
-            self.obj_ptr[i : i + 1],
-            self.pred_masks[i : i + 1],
-            self.object_score_logits[i : i + 1],
+            self.maskmem_features[i : i + 1].clone(),
+            self.obj_ptr[i : i + 1].clone(),
+            self.pred_masks[i : i + 1].clone(),
+            self.object_score_logits[i : i + 1].clone(),
         )
 
 

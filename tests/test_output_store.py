@@ -49,6 +49,26 @@ def test_ram_stays_within_budget_and_spilled_entries_round_trip_exactly(tmp_path
     assert len(list(folder.iterdir())) == store.stats.disk_entries
 
 
+def test_views_into_larger_tensors_are_stored_as_compact_copies(tmp_path: Path) -> None:
+    """A row sliced from a batch would keep the whole batch alive, unaccounted, in memory and in
+    its spilled file; the store keeps a compact copy, so its byte count is what it really holds."""
+    batch = {k: torch.cat([v] * 6) if isinstance(v, torch.Tensor) else v for k, v in _entry(0).items()}
+    row = {k: v[2:3] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    store = OutputStore(ram_budget_bytes=0, spill_dir=tmp_path)
+    frames = store.frames()
+    frames[0] = row
+    held = frames[0]
+    for key in ("maskmem_features", "pred_masks", "obj_ptr", "object_score_logits"):
+        value = held[key]
+        assert value.untyped_storage().nbytes() == value.numel() * value.element_size(), key
+        assert torch.equal(value, batch[key][2:3]), key
+    assert store.stats.ram_bytes == entry_bytes(_entry(0))
+    frames[1] = _entry(1)  # spills entry 0
+    (spilled,) = store.spill_folder.iterdir()
+    assert spilled.stat().st_size < 2 * entry_bytes(_entry(0)), "the file holds the row, not the batch"
+    assert torch.equal(frames[0]["maskmem_features"], batch["maskmem_features"][2:3])
+
+
 def test_removal_deletes_spilled_files_and_the_folder_goes_with_the_store(tmp_path: Path) -> None:
     store = OutputStore(ram_budget_bytes=0, spill_dir=tmp_path)
     a, b = store.frames(), store.frames()
@@ -216,3 +236,26 @@ def test_sam2long_best_path_outputs_spill_and_serve_corrections_like_in_memory(
     for a, b in ((a_first, b_first), (a_second, b_second)):
         assert sorted(a) == sorted(b) == list(range(8))
         assert all(torch.equal(a[f], b[f]) for f in a)
+
+
+def test_sam2long_session_outputs_own_their_memory(make_checkpoint, bedroom_dir: Path) -> None:
+    """Outputs SAM2Long stores for two objects x three pathways are not views of the per-frame batch:
+    each tensor's storage is exactly its own size, so the store's byte count is the memory held."""
+    from sam2long import build_sam2long_video_predictor
+
+    predictor = build_sam2long_video_predictor(
+        CFG, make_checkpoint(CFG, seed=0, obj_score_bias=1.0), device="cpu", hydra_overrides_extra=OVERRIDES
+    )
+    state = _session(predictor, bedroom_dir)
+    predictor.add_new_points_or_box(state, 0, 2, points=[[100, 60]], labels=[1])
+    _propagate(predictor, state)
+    held = 0
+    for obj_idx in (0, 1):
+        outputs = state["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"]
+        assert sorted(outputs) == list(range(1, 8))
+        for out in outputs.values():
+            for key, value in out.items():
+                if key != "maskmem_pos_enc":
+                    assert value.untyped_storage().nbytes() == value.numel() * value.element_size(), key
+                    held += value.untyped_storage().nbytes()
+    assert state["output_store"].stats.ram_bytes == held

@@ -73,6 +73,14 @@ def _tensor_bytes(value: Any) -> int:
     return 0
 
 
+def _owning(value: Any) -> Any:
+    """``value`` itself, or a compact copy if it is a view into a larger tensor (whose storage it
+    would otherwise keep alive, unaccounted, in memory and in a spilled file)."""
+    if isinstance(value, torch.Tensor) and value.untyped_storage().nbytes() > _tensor_bytes(value):
+        return value.clone()
+    return value
+
+
 def entry_bytes(out: FrameOutput) -> int:
     """Bytes an output holds of its own (shared values such as positional encodings excluded)."""
     return sum(_tensor_bytes(v) for k, v in out.items() if k not in _SHARED_KEYS)
@@ -157,6 +165,9 @@ class OutputStore:
         if not self.retain:
             return
         self._drop(key)
+        for k, v in out.items():
+            if k not in _SHARED_KEYS:
+                out[k] = _owning(v)  # same values; the entry stays the caller's dict
         size = entry_bytes(out)
         self._ram[key] = out
         self._frames.setdefault(key[0], set()).add(key[1])
