@@ -34,6 +34,8 @@ EXTRAS = {
     "demo": ["gradio>=6.0", "matplotlib>=3.7"],
     "notebook": ["jupyterlab>=3", "ipykernel>=6.0", "matplotlib>=3.5"],
     "hf": ["huggingface_hub>=0.20"],
+    # detector re-prompting: ultralytics YOLO is the detector SAM2-LongVideo re-prompts with
+    "yolo": ["ultralytics>=8.3"],
 }
 
 setup(

@@ -17,8 +17,9 @@ steps to frame indices, so that nothing downstream needs signed frames.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -82,9 +83,11 @@ class NewMemories:
 
 @dataclass(frozen=True)
 class Timeline:
-    """The frames of one propagation in processing order: step ``s`` processes ``frames[s]``."""
+    """The frames of one propagation in processing order: step ``s`` processes ``frames[s]``.
 
-    frames: tuple[int, ...]
+    ``frames`` is a ``range`` (lazy: a live stream's timeline can be as long as its capacity)."""
+
+    frames: range
     reverse: bool
 
     @classmethod
@@ -95,10 +98,10 @@ class Timeline:
         if reverse:
             end = max(start - count, 0)
             # starting at frame 0 there is nothing to track backwards
-            frames: Sequence[int] = range(start, end - 1, -1) if start > 0 else ()
+            frames = range(start, end - 1, -1) if start > 0 else range(0)
         else:
             frames = range(start, min(start + count, num_frames - 1) + 1)
-        return cls(tuple(frames), reverse)
+        return cls(frames, reverse)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -110,6 +113,28 @@ class Timeline:
         """Frame index processed at ``step``."""
         return self.frames[step]
 
+    def step_of(self, frame_idx: int) -> Optional[int]:
+        """Step at which ``frame_idx`` is processed, or None if it is not on this timeline."""
+        return self.frames.index(frame_idx) if frame_idx in self.frames else None
+
     def steps(self) -> Iterator[tuple[int, int]]:
         """``(step, frame_idx)`` pairs in processing order."""
         return enumerate(self.frames)
+
+
+@dataclass
+class PropagationCursor:
+    """Where the propagation in progress on a session is: step ``next_step`` has not taken its prompts
+    yet. Prompts added while it runs (between yields, or from its ``before_frame`` hook) are used when
+    their frame is reached; frames it has already passed are refused."""
+
+    timeline: Timeline
+    next_step: int = 0
+
+    def passed(self, frame_idx: int) -> bool:
+        step = self.timeline.step_of(frame_idx)
+        return step is not None and step < self.next_step
+
+    @property
+    def next_frame(self) -> Optional[int]:
+        return self.timeline.frame(self.next_step) if self.next_step < len(self.timeline) else None

@@ -35,10 +35,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from sam2.engine import Candidates, FrameFeatures, NewMemories, Timeline
+from sam2.engine import Candidates, FrameFeatures, NewMemories, PropagationCursor, Timeline
 from sam2.modeling.memory import ItemMemory
 from sam2.modeling.sam2_base import NO_OBJ_SCORE, SAM2Base
-from sam2.utils.misc import concat_points, fill_holes_in_mask_scores, load_video_frames
+from sam2.utils.misc import (
+    HEAP_RELEASE_EVERY,
+    concat_points,
+    fill_holes_in_mask_scores,
+    load_video_frames,
+    release_free_heap,
+)
 from sam2.utils.output_store import DEFAULT_RAM_BUDGET_BYTES, OutputStore
 
 InferenceState = dict[str, Any]
@@ -382,6 +388,12 @@ class SAM2VideoPredictor(SAM2Base):
             raise ValueError(f"frame_idx must be an integer, got {frame_idx!r}")
         if not 0 <= frame_idx < num_frames:
             raise ValueError(f"frame_idx {frame_idx} is outside the video's frames 0..{num_frames - 1}")
+        cursor = inference_state.get("propagation")
+        if cursor is not None and cursor.passed(frame_idx):
+            raise ValueError(
+                f"frame {frame_idx} was already processed by the propagation in progress (its next frame "
+                f"is {cursor.next_frame}); prompts added during a propagation must be on frames still ahead"
+            )
 
     def _previous_mask_logits(
         self, inference_state: InferenceState, obj_idx: int, frame_idx: int, storage_key: str
@@ -521,15 +533,9 @@ class SAM2VideoPredictor(SAM2Base):
             )
         for obj_idx in range(num_objects):
             obj_output_dict = inference_state["output_dict_per_obj"][obj_idx]
-            obj_temp_output_dict = inference_state["temp_output_dict_per_obj"][obj_idx]
-            for storage_key in (NON_COND, COND):
-                for frame_idx, out in obj_temp_output_dict[storage_key].items():
-                    if out["maskmem_features"] is None:
-                        self._encode_prompted_output(inference_state, frame_idx, out)
-                    obj_output_dict[storage_key][frame_idx] = out
-                    if self.clear_non_cond_mem_around_input:
-                        self.drop_memories_near(inference_state, obj_idx, frame_idx)
-                obj_temp_output_dict[storage_key].clear()
+            temp = inference_state["temp_output_dict_per_obj"][obj_idx]
+            for frame_idx in sorted(set(temp[NON_COND]) | set(temp[COND])):
+                self._consolidate_prompts(inference_state, obj_idx, frame_idx)
             if not obj_output_dict[COND]:
                 obj_id = self._obj_idx_to_id(inference_state, obj_idx)
                 raise RuntimeError(
@@ -538,6 +544,54 @@ class SAM2VideoPredictor(SAM2Base):
             # A frame promoted to conditioning must not also count as a tracked frame.
             for frame_idx in obj_output_dict[COND]:
                 obj_output_dict[NON_COND].pop(frame_idx, None)
+
+    def _consolidate_prompts(self, inference_state: InferenceState, obj_idx: int, frame_idx: int) -> None:
+        """Move an object's prompted outputs on a frame into its outputs, with their memories encoded."""
+        obj_output_dict = inference_state["output_dict_per_obj"][obj_idx]
+        obj_temp_output_dict = inference_state["temp_output_dict_per_obj"][obj_idx]
+        for storage_key in (NON_COND, COND):
+            out = obj_temp_output_dict[storage_key].pop(frame_idx, None)
+            if out is None:
+                continue
+            if out["maskmem_features"] is None:
+                self._encode_prompted_output(inference_state, frame_idx, out)
+            obj_output_dict[storage_key][frame_idx] = out
+            if self.clear_non_cond_mem_around_input:
+                self.drop_memories_near(inference_state, obj_idx, frame_idx)
+        if frame_idx in obj_output_dict[COND]:
+            obj_output_dict[NON_COND].pop(frame_idx, None)
+
+    def take_prompts_on(self, inference_state: InferenceState, frame_idx: int) -> None:
+        """During propagation: prompts added on ``frame_idx`` since it began become conditioning frames
+        (objects created meanwhile included)."""
+        for obj_idx in range(self._get_obj_num(inference_state)):
+            self._consolidate_prompts(inference_state, obj_idx, frame_idx)
+
+    def frame_available(self, inference_state: InferenceState, frame_idx: int) -> bool:
+        """Whether the video has ``frame_idx``: always, except for a live stream that ended before it
+        (asking may wait for the stream to deliver the frame)."""
+        has_frame = getattr(inference_state["images"], "has_frame", None)
+        return True if has_frame is None else has_frame(frame_idx)
+
+    def begin_propagation(self, inference_state: InferenceState, timeline: Timeline) -> PropagationCursor:
+        """Record the propagation now running on the session (see :class:`PropagationCursor`)."""
+        cursor = PropagationCursor(timeline)
+        inference_state["propagation"] = cursor
+        return cursor
+
+    def end_propagation(self, inference_state: InferenceState, cursor: PropagationCursor) -> None:
+        if inference_state.get("propagation") is cursor:
+            inference_state["propagation"] = None
+
+    def frame_done(self, step: int) -> None:
+        """Housekeeping after each propagated frame: freed heap pages go back to the OS now and then."""
+        if step % HEAP_RELEASE_EVERY == HEAP_RELEASE_EVERY - 1:
+            release_free_heap()
+
+    def progress(self, inference_state: InferenceState, timeline: Timeline, desc: str) -> tqdm:
+        """A progress bar over the timeline (frames/s and ETA; no total for a live stream)."""
+        live = getattr(inference_state["images"], "live", False)
+        return tqdm(total=None if live else len(timeline), desc=desc, unit="frame")
 
     def _encode_prompted_output(
         self, inference_state: InferenceState, frame_idx: int, out: FrameOutput
@@ -586,6 +640,7 @@ class SAM2VideoPredictor(SAM2Base):
         max_frame_num_to_track: Optional[int] = None,
         reverse: bool = False,
         objects_join_at_first_prompt: bool = False,
+        before_frame: Optional[Callable[[int], None]] = None,
     ) -> Iterator[tuple[int, list[Any], Tensor]]:
         """Track all objects through the video, yielding ``(frame_idx, obj_ids, video_res_masks)``.
 
@@ -595,15 +650,41 @@ class SAM2VideoPredictor(SAM2Base):
         joins on its first prompted frame in processing order and is reported absent
         (``NO_OBJ_SCORE``) before it, with no compute spent on it there: the VOS protocol for objects
         that appear later (LVOS, YouTube-VOS), in one session.
+
+        Prompts may be added while the propagation runs, on frames it has not reached: between yields,
+        or from ``before_frame(frame_idx)``, which is called before each frame is processed (a detector
+        re-prompting, a live user). They are used when their frame comes; a new object id joins the
+        batch there and is reported absent before it; the other objects go on unchanged. A live stream ends the propagation when it ends.
         """
         self.propagate_in_video_preflight(inference_state)
-        obj_ids = inference_state["obj_ids"]
         timeline = self.processing_timeline(inference_state, start_frame_idx, max_frame_num_to_track, reverse)
-        waiting = set(range(len(obj_ids))) if objects_join_at_first_prompt else set()
-        for frame_idx in tqdm(timeline, desc="propagate in video", unit="frame"):
-            waiting -= self.objects_prompted_on(inference_state, frame_idx)
-            pred_masks = self._propagate_frame(inference_state, frame_idx, reverse, waiting)
-            yield frame_idx, obj_ids, self.video_res_masks(inference_state, pred_masks)
+        known = self._get_obj_num(inference_state)
+        waiting = set(range(known)) if objects_join_at_first_prompt else set()
+        cursor = self.begin_propagation(inference_state, timeline)
+        try:
+            with self.progress(inference_state, timeline, "propagate in video") as bar:
+                for step, frame_idx in timeline.steps():
+                    if not self.frame_available(inference_state, frame_idx):
+                        break
+                    if before_frame is not None:
+                        before_frame(frame_idx)
+                    self.take_prompts_on(inference_state, frame_idx)
+                    cursor.next_step = step + 1
+                    # objects created during the propagation join on their first prompted frame
+                    now = self._get_obj_num(inference_state)
+                    waiting |= set(range(known, now))
+                    known = now
+                    waiting -= self.objects_prompted_on(inference_state, frame_idx)
+                    pred_masks = self._propagate_frame(inference_state, frame_idx, reverse, waiting)
+                    self.frame_done(step)
+                    bar.update()
+                    yield (
+                        frame_idx,
+                        inference_state["obj_ids"],
+                        self.video_res_masks(inference_state, pred_masks),
+                    )
+        finally:
+            self.end_propagation(inference_state, cursor)
 
     def objects_prompted_on(self, inference_state: InferenceState, frame_idx: int) -> set[int]:
         """Indices of the objects that have a conditioning frame (a prompt) on ``frame_idx``."""

@@ -21,6 +21,7 @@ def build_sam2long_video_predictor(
     *,
     config: Union[SAM2LongConfig, str, Mapping[str, Any], None] = None,
     store_outputs: bool = True,
+    batch_objects: bool = True,
     mode: str = "eval",
     hydra_overrides_extra: Sequence[str] = (),
     apply_postprocessing: bool = True,
@@ -39,6 +40,8 @@ def build_sam2long_video_predictor(
         config: base tree settings: None (the ``official`` defaults), a preset name (``"official"``,
             ``"paper"``), a :class:`SAM2LongConfig` or a mapping of settings.
         store_outputs: keep best-path outputs in the session (see :class:`SAM2LongVideoPredictor`).
+        batch_objects: one model pass for all objects per frame (``False``: one per object, so each
+            object's results are independent of the others bit for bit).
         mode: ``"eval"`` puts the model in eval mode.
         hydra_overrides_extra: extra hydra overrides (e.g. ``["++model.image_size=512"]``).
         apply_postprocessing: SAM 2's inference post-processing overrides.
@@ -62,5 +65,5 @@ def build_sam2long_video_predictor(
         hydra_overrides_extra,
         apply_postprocessing,
         _TARGET,
-        model_kwargs={"sam2long": tree, "store_outputs": store_outputs},
+        model_kwargs={"sam2long": tree, "store_outputs": store_outputs, "batch_objects": batch_objects},
     )

@@ -64,7 +64,9 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
         "--box X0,Y0,X1,Y1 / --mask PNG, each for the latest --frame N and --obj ID given before it.",
     )
     p.add_argument("video", help="a video file (mp4, mov, avi, mkv, webm) or a folder of JPEG/PNG frames")
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument(
+        "--out", default=None, help="output folder (created; optional for a live stream with --show)"
+    )
     p.add_argument("--prompts", default=None, help="prompts JSON file")
     for flag, metavar, text in (
         ("--point", "X,Y[,LABEL]", "a click in video pixels (LABEL 1 positive, the default, or 0 negative)"),
@@ -118,6 +120,61 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--score_thresh", type=float, default=0.0, help="threshold on the mask logits (default: 0)"
     )
+    det = p.add_argument_group(
+        "detector re-prompting ([yolo] extra)",
+        "re-prompt a lost object with a detector's box of its class (forward propagation)",
+    )
+    det.add_argument(
+        "--detector", metavar="MODEL", default=None, help="ultralytics YOLO weights file or model yaml"
+    )
+    det.add_argument(
+        "--reprompt_absent",
+        type=int,
+        default=5,
+        metavar="K",
+        help="ask after K consecutive absent frames (0: never; default: %(default)s)",
+    )
+    det.add_argument(
+        "--reprompt_every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also ask every N frames (0: never, the default)",
+    )
+    det.add_argument(
+        "--detector_min_score", type=float, default=0.5, help="ignore boxes scored lower (default: 0.5)"
+    )
+    det.add_argument(
+        "--detector_classes",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="C",
+        help="detector class indices to keep",
+    )
+    det.add_argument(
+        "--detector_device", default=None, help="device of the detector (default: ultralytics' choice)"
+    )
+    live = p.add_argument_group(
+        "live streams", "VIDEO as a camera index (0) or a stream URL (rtsp://, http://): tracked in one pass"
+    )
+    live.add_argument("--live", action="store_true", help="read VIDEO (e.g. a file) as a live stream")
+    live.add_argument("--show", action="store_true", help="show the overlay in a window (q quits)")
+    live.add_argument(
+        "--drop",
+        choices=("oldest", "none"),
+        default=None,
+        help="when tracking is slower than the stream: drop the oldest waiting frame (cameras, URLs) or "
+        "none (files given with --live); the default follows the source",
+    )
+    live.add_argument("--max_frames", type=int, default=None, help="stop after this many stream frames")
+    live.add_argument(
+        "--live_max_lag",
+        type=int,
+        default=8,
+        metavar="N",
+        help="SAM2Long's max_lag on live streams when --max_lag is not given (default: %(default)s)",
+    )
 
 
 def _command_line_prompts(items: Sequence[tuple]) -> list:
@@ -162,23 +219,172 @@ def _writable_folder(path: Path) -> Path:
     return path
 
 
+def _box_source(args: argparse.Namespace):
+    """``(box source, policy)`` from the detector flags, or ``(None, None)``."""
+    if args.detector is None:
+        return None, None
+    from sam2long.detectors import YoloBoxSource
+    from sam2long.reprompt import RepromptPolicy
+
+    try:
+        policy = RepromptPolicy(
+            absent_frames=args.reprompt_absent or None,
+            every=args.reprompt_every or None,
+            min_score=args.detector_min_score,
+        )
+        source = YoloBoxSource(
+            args.detector,
+            classes=args.detector_classes,
+            conf=args.detector_min_score,
+            device=args.detector_device,
+        )
+    except (ValueError, ImportError, FileNotFoundError) as error:
+        raise SystemExit(f"error: --detector {args.detector}: {error}") from error
+    return source, policy
+
+
 def _run_segment(args: argparse.Namespace) -> int:
+    from sam2long.live import is_stream_spec
+
+    if args.live or is_stream_spec(args.video):
+        return _run_live(args)
+    if args.out is None:
+        raise SystemExit("error: --out is required (an output folder)")
+    return _run_file(args)
+
+
+def _collect_prompts(args: argparse.Namespace) -> list:
+    from sam2long.prompts import PromptError, load_prompts
+
+    prompts = (load_prompts(args.prompts) if args.prompts else []) + _command_line_prompts(args.cli_prompts)
+    if not prompts:
+        raise PromptError("no prompts: give --prompts FILE or --point/--box/--mask")
+    for prompt in prompts:
+        if prompt.mask_path is not None and not prompt.mask_path.is_file():
+            raise PromptError(f"{prompt.source}: mask file {prompt.mask_path} does not exist")
+    return prompts
+
+
+def _window(title: str):
+    """``show(frame_rgb) -> keep going`` in an OpenCV window (q or Esc stops)."""
+    import cv2
+
+    def show(frame_rgb) -> bool:
+        try:
+            cv2.imshow(title, cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+            key = cv2.waitKey(1) & 0xFF
+        except cv2.error as error:
+            raise SystemExit(
+                "error: --show needs an OpenCV build with a GUI (opencv-python, not opencv-python-headless) "
+                f"and a display: {error}"
+            ) from error
+        return key not in (ord("q"), 27)
+
+    return show
+
+
+def _run_live(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sam2.build_sam import default_device
+    from sam2.utils.frame_sources import FrameSourceError
+    from sam2long.config import config_from_args
+    from sam2long.export import write_summary
+    from sam2long.live import LiveStreamSource, is_stream_spec, parse_stream_spec
+    from sam2long.prompts import PromptError
+    from sam2long.segment import track_live
+    from sam2long.vos.tracker import TrackerSpec
+
+    if args.out is None and not args.show:
+        raise SystemExit("error: a live stream needs --out (overlay.mp4, masks/) and/or --show")
+    for flag, value in (("--compare-sam2", args.compare_sam2), ("--detector", args.detector)):
+        if value:
+            raise SystemExit(f"error: {flag} is not available on live streams")
+    if args.direction != "forward":
+        raise SystemExit("error: a live stream is tracked forwards only")
+    spec_text = args.video
+    drop = args.drop or ("oldest" if is_stream_spec(spec_text) else "none")
+    try:
+        prompts = _collect_prompts(args)
+        source = LiveStreamSource(parse_stream_spec(spec_text), drop=drop, max_frames=args.max_frames)
+    except (PromptError, FrameSourceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = _writable_folder(Path(args.out)) if args.out is not None else None
+    config_file, checkpoint, model_name = _model_files(args)
+    device = args.device or default_device()
+    tree = None
+    if args.tracker == "sam2long":
+        tree = config_from_args(args)
+        if tree.max_lag is None:
+            tree = dataclasses.replace(tree, max_lag=args.live_max_lag)
+    spec = TrackerSpec(
+        args.tracker, config_file, checkpoint, tree, args.preset, tuple(args.hydra_overrides), True
+    )
+    fps = args.fps or source.fps or 30.0
+    try:
+        predictor = spec.build(device, non_overlap_masks=False)
+        result = track_live(
+            spec.tracker,
+            predictor,
+            source,
+            prompts,
+            out,
+            fps,
+            args.score_thresh,
+            _window("sam2long") if args.show else None,
+        )
+    except (PromptError, FrameSourceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        source.close()
+    stats = source.stats
+    if out is not None:
+        write_summary(
+            out / "summary.json",
+            frames=result.frames_tracked,
+            frame_size=list(source.size),
+            fps=fps,
+            trackers={
+                result.name: {
+                    "frames_tracked": result.frames_tracked,
+                    "seconds": round(result.seconds, 3),
+                    "fps": round(result.frames_tracked / result.seconds, 3) if result.seconds > 0 else None,
+                    "objects": result.obj_ids,
+                }
+            },
+            stream={
+                "source": spec_text,
+                "drop_policy": drop,
+                "captured": stats.captured,
+                "tracked": stats.delivered,
+                "dropped": stats.dropped,
+                "max_lag": tree.max_lag if tree is not None else 0,
+            },
+            device=str(device),
+            model=model_name,
+            config=config_file,
+            checkpoint=str(checkpoint),
+            tracker=spec.describe(),
+        )
+    print(
+        f"tracked {result.frames_tracked} of {stats.captured} stream frames ({stats.dropped} dropped)"
+        + (f"; wrote overlay.mp4, masks/, summary.json to {out}" if out is not None else "")
+    )
+    return 0
+
+
+def _run_file(args: argparse.Namespace) -> int:
     from sam2.build_sam import default_device
     from sam2.utils.frame_sources import FrameSourceError, open_frame_source
     from sam2long.config import config_from_args
-    from sam2long.prompts import PromptError, load_prompts
+    from sam2long.prompts import PromptError
     from sam2long.segment import summarize, track, write_outputs
     from sam2long.vos.tracker import TrackerSpec
 
     try:
-        prompts = (load_prompts(args.prompts) if args.prompts else []) + _command_line_prompts(
-            args.cli_prompts
-        )
-        if not prompts:
-            raise PromptError("no prompts: give --prompts FILE or --point/--box/--mask")
-        for prompt in prompts:
-            if prompt.mask_path is not None and not prompt.mask_path.is_file():
-                raise PromptError(f"{prompt.source}: mask file {prompt.mask_path} does not exist")
+        prompts = _collect_prompts(args)
         source = open_frame_source(args.video)
     except (PromptError, FrameSourceError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -197,16 +403,29 @@ def _run_segment(args: argparse.Namespace) -> int:
             0, TrackerSpec("sam2", config_file, checkpoint, None, None, tuple(args.hydra_overrides), True)
         )
     fps = args.fps or getattr(source, "fps", None) or 24.0
+    if args.detector is not None and args.direction != "forward":
+        raise SystemExit("error: --detector re-prompts during forward propagation; drop --reverse/--both")
+    box_source, policy = _box_source(args)
     results = []
     try:
         for spec in specs:
             predictor = spec.build(device, non_overlap_masks=False)
             sub = out / "sam2" if (args.compare_sam2 and spec.tracker == "sam2") else out
             results.append(
-                track(spec.tracker, predictor, source, prompts, sub, args.direction, args.score_thresh)
+                track(
+                    spec.tracker,
+                    predictor,
+                    source,
+                    prompts,
+                    sub,
+                    args.direction,
+                    args.score_thresh,
+                    box_source,
+                    policy,
+                )
             )
             del predictor
-    except PromptError as error:
+    except (PromptError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     main_result = results[-1]

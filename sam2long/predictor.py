@@ -29,7 +29,6 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from sam2.engine import Candidates, FrameFeatures, NewMemories, Timeline
 from sam2.modeling.memory import ItemMemory, PointerMemory, SpatialMemory
@@ -141,6 +140,9 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
     Args:
         sam2long: the tree settings (:class:`~sam2long.config.SAM2LongConfig`; default: the
             ``official`` preset, P=3, iou_threshold=0.1, uncertainty=2, modulation (0.95, 1.05)).
+        batch_objects: run all objects' pathways in one model pass per frame (fastest). ``False`` runs
+            one pass per object, so an object's results never depend on which other objects are
+            tracked, bit for bit (batched passes agree with them up to float rounding).
         store_outputs: keep the final (best-path) outputs of tracked frames in the session, as SAM 2
             does, so prompts added after propagation see them as memory. ``False`` keeps memory use
             flat in the video length (outputs are only yielded). This is the policy of the session's
@@ -152,7 +154,11 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
     """
 
     def __init__(
-        self, sam2long: Optional[SAM2LongConfig] = None, store_outputs: bool = True, **kwargs: Any
+        self,
+        sam2long: Optional[SAM2LongConfig] = None,
+        store_outputs: bool = True,
+        batch_objects: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if self.memory_temporal_stride_for_eval != 1:
@@ -173,6 +179,7 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
         if not isinstance(self.sam2long, SAM2LongConfig):
             raise TypeError(f"sam2long must be a SAM2LongConfig, got {type(self.sam2long).__name__}")
         self.store_outputs = store_outputs
+        self.batch_objects = batch_objects
 
     def _retains_tracked_outputs(self) -> bool:
         """Sessions keep best-path outputs only with ``store_outputs`` (the tree holds the memory)."""
@@ -189,41 +196,47 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
         reverse: bool = False,
         objects_join_at_first_prompt: bool = False,
         observer: Optional[PathwayObserver] = None,
+        before_frame: Optional[Callable[[int], None]] = None,
     ) -> Iterator[tuple[int, list[Any], Tensor]]:
         """Track all objects with the memory tree, yielding ``(frame_idx, obj_ids, video_res_masks)``.
 
         Frames come out in processing order, each as soon as its answer is final for every object
         (with ``max_lag`` unset, identical to choosing the best pathway after the last frame).
         ``objects_join_at_first_prompt`` is SAM 2's (an object is absent, and costs nothing, before
-        its first prompted frame in processing order). ``observer``, if given, receives a :class:`PathwayStep` per object and processed frame, plus an
-        ``"end"`` record per object: the tree's decisions, for plots and analysis.
+        its first prompted frame in processing order). ``observer``, if given, receives a
+        :class:`PathwayStep` per object and processed frame, plus an ``"end"`` record per object: the
+        tree's decisions, for plots and analysis. Prompts added while it runs and ``before_frame``
+        behave as in :meth:`SAM2VideoPredictor.propagate_in_video`: a prompt on an object's frame
+        collapses its tree there; a new object joins the batch on its prompted frame with a tree of its
+        own, the other objects' trees go on.
         """
         self.propagate_in_video_preflight(inference_state)
-        obj_ids = inference_state["obj_ids"]
         timeline = self.processing_timeline(inference_state, start_frame_idx, max_frame_num_to_track, reverse)
-        tracks = [
-            ObjectTrack(
-                obj_idx,
-                build_tree(
-                    self.sam2long,
-                    num_maskmem=self.num_maskmem,
-                    max_obj_ptrs_in_encoder=self.max_obj_ptrs_in_encoder,
-                    num_frames=inference_state["num_frames"],
-                ),
-                waiting=objects_join_at_first_prompt,
-            )
-            for obj_idx in range(len(obj_ids))
-        ]
-        run = _Propagation(self, inference_state, timeline, tracks, observer)
-        pending: deque[int] = deque()
-        for step, _ in tqdm(
-            timeline.steps(), total=len(timeline), desc="propagate in video (SAM2Long)", unit="frame"
-        ):
-            pending.append(step)
-            run.advance(step)
-            yield from run.emit_ready(pending, obj_ids)
-        run.finish()
-        yield from run.emit_ready(pending, obj_ids)
+        run = _Propagation(self, inference_state, timeline, observer)
+        for obj_idx in range(self._get_obj_num(inference_state)):
+            run.add_track(obj_idx, waiting=objects_join_at_first_prompt)
+        cursor = self.begin_propagation(inference_state, timeline)
+        try:
+            with self.progress(inference_state, timeline, "propagate in video (SAM2Long)") as bar:
+                for step, frame_idx in timeline.steps():
+                    if not self.frame_available(inference_state, frame_idx):
+                        break
+                    if before_frame is not None:
+                        before_frame(frame_idx)
+                    self.take_prompts_on(inference_state, frame_idx)
+                    cursor.next_step = step + 1
+                    # objects created during the propagation join on their first prompted frame
+                    for obj_idx in range(len(run.tracks), self._get_obj_num(inference_state)):
+                        run.add_track(obj_idx, waiting=True)
+                    run.pending.append(step)
+                    run.advance(step)
+                    self.frame_done(step)
+                    bar.update()
+                    yield from run.emit_ready()
+            run.finish()
+            yield from run.emit_ready()
+        finally:
+            self.end_propagation(inference_state, cursor)
 
 
 class _Propagation:
@@ -234,24 +247,39 @@ class _Propagation:
         predictor: SAM2LongVideoPredictor,
         state: InferenceState,
         timeline: Timeline,
-        tracks: list[ObjectTrack],
         observer: Optional[PathwayObserver],
     ) -> None:
         self.model = predictor
         self.config = predictor.sam2long
         self.state = state
         self.timeline = timeline
-        self.tracks = tracks
+        self.tracks: list[ObjectTrack] = []
         self.observer = observer
+        self.pending: deque[int] = deque()  # processed steps not yielded yet
+
+    def add_track(self, obj_idx: int, waiting: bool) -> None:
+        """Start tracking object ``obj_idx`` (absent on the frames already processed and not yet yielded)."""
+        tree = build_tree(
+            self.config,
+            num_maskmem=self.model.num_maskmem,
+            max_obj_ptrs_in_encoder=self.model.max_obj_ptrs_in_encoder,
+            num_frames=self.state["num_frames"],
+        )
+        track = ObjectTrack(obj_idx, tree, waiting=waiting)
+        for step in self.pending:
+            track.outputs[step] = self.model.absent_masks(self.state, 1)
+        self.tracks.append(track)
 
     # ------------------------------------------------------------------ output
 
-    def emit_ready(self, pending: deque[int], obj_ids: list[Any]) -> Iterator[tuple[int, list[Any], Tensor]]:
+    def emit_ready(self) -> Iterator[tuple[int, list[Any], Tensor]]:
         """Yield the oldest pending frames whose output is final for every object."""
+        pending = self.pending
         while pending and all(pending[0] in track.outputs for track in self.tracks):
             step = pending.popleft()
             device = self.state["device"]
             low_res = torch.cat([track.outputs.pop(step).to(device) for track in self.tracks], dim=0)
+            obj_ids = self.state["obj_ids"][: len(self.tracks)]  # objects created meanwhile join later
             yield self.timeline.frame(step), obj_ids, self.model.video_res_masks(self.state, low_res)
 
     def finish(self) -> None:
@@ -268,20 +296,31 @@ class _Propagation:
     # ------------------------------------------------------------------ one frame
 
     def advance(self, step: int) -> None:
-        """Advance every object by one frame (one batched model pass over objects and pathways)."""
+        """Advance every object by one frame: one batched model pass over all objects' pathways, or
+        one pass per object without ``batch_objects``."""
         frame_idx = self.timeline.frame(step)
-        rows: list[BatchRow] = []
-        rows_of: dict[int, list[int]] = {}
+        tracked = []
         for track in self.tracks:
             cond_out = self.state["output_dict_per_obj"][track.obj_idx][COND].get(frame_idx)
             if cond_out is not None:
                 track.waiting = False
                 self._enter_cond_frame(track, cond_out, step)
-                continue
-            if track.waiting:
+            elif track.waiting:
                 track.outputs[step] = self.model.absent_masks(self.state, 1)
                 self._observe(track, frame_idx, "absent", None, StepReport())
-                continue
+            else:
+                tracked.append(track)
+        groups = [tracked] if self.model.batch_objects else [[track] for track in tracked]
+        for group in groups:
+            if group:
+                self._advance_batch(step, group)
+
+    def _advance_batch(self, step: int, tracks: list[ObjectTrack]) -> None:
+        """One model pass over the pathways of ``tracks`` on a tracked (non-conditioning) frame."""
+        frame_idx = self.timeline.frame(step)
+        rows: list[BatchRow] = []
+        rows_of: dict[int, list[int]] = {}
+        for track in tracks:
             first = len(rows)
             if track.mode() is RowMode.BRANCH:
                 nodes, inverse = track.tree.unique_pathways()
@@ -289,8 +328,6 @@ class _Propagation:
             else:
                 rows.append(BatchRow(track, 0 if track.tree.started else None))
             rows_of[track.obj_idx] = list(range(first, len(rows)))
-        if not rows:
-            return
 
         features = self.model.frame_features(self.state, frame_idx, len(rows))
         memory = self.model.assemble_memory(
@@ -306,9 +343,7 @@ class _Propagation:
 
         chosen: list[ChosenCandidate] = []
         reports: list[tuple[ObjectTrack, StepReport, RowMode, Optional[bool]]] = []
-        for track in self.tracks:
-            if track.obj_idx not in rows_of:
-                continue
+        for track in tracks:
             mode = track.mode()
             report, picks, certain = self._advance_tree(
                 track, mode, rows_of[track.obj_idx], step, ious, obj_scores

@@ -13,14 +13,19 @@ Output folder::
     overlay.mp4                      H.264, input size and fps, objects coloured with contours and ids
     masks_rle.json                   COCO RLE per frame and object (pycocotools)
     compare.mp4, sam2/masks/...      with a comparison tracker
-    summary.json                     frames, fps, device, model, tracker settings, timings
+    summary.json                     frames, fps, device, model, tracker settings, timings,
+                                     detector re-prompts (frame, object, box, score)
+
+With a box source (``--detector``) lost objects are re-prompted during the forward pass
+(:mod:`sam2long.reprompt`). A live stream (:func:`track_live`) is tracked in one pass instead: frames
+cannot be read twice, so the overlay is drawn as masks come out, at most ``max_lag`` frames late.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -36,10 +41,13 @@ from sam2long.export import (
     PalettePngWriter,
     PerObjectPngWriter,
     SideBySideWriter,
+    draw_overlay,
     write_summary,
 )
+from sam2long.live import LiveStreamSource
 from sam2long.mask_io import read_mask
 from sam2long.prompts import Prompt, apply_prompts
+from sam2long.reprompt import BoxSource, Reprompter, RepromptPolicy, propagate_with_reprompts, reprompt_log
 
 DIRECTIONS = ("forward", "reverse", "both")
 
@@ -53,6 +61,8 @@ class TrackResult:
     frames_tracked: int = 0
     seconds: float = 0.0
     obj_ids: list[int] = field(default_factory=list)
+    reprompts: Optional[list[dict]] = None  # with a detector: every re-prompt (frame, object, box, score)
+    detector_queries: int = 0
 
 
 def propagate(
@@ -82,20 +92,78 @@ def track(
     out_dir: Path,
     direction: str,
     score_thresh: float = 0.0,
+    box_source: Optional[BoxSource] = None,
+    policy: Optional[RepromptPolicy] = None,
 ) -> TrackResult:
-    """Track ``prompts`` through ``source`` and write per-object mask PNGs as frames are emitted."""
+    """Track ``prompts`` through ``source`` and write per-object mask PNGs as frames are emitted;
+    with ``box_source`` (forward only) lost objects are re-prompted by ``policy``."""
     result = TrackResult(name, out_dir / "masks")
     writer = PerObjectPngWriter(result.masks_dir)
     with torch.inference_mode():
         state = predictor.init_state(source)
         apply_prompts(predictor, state, prompts)
-        result.obj_ids = [int(i) for i in state["obj_ids"]]
         start = time.perf_counter()
-        for frame_idx, obj_ids, logits in propagate(predictor, state, direction):
+        if box_source is None:
+            frames = propagate(predictor, state, direction)
+        else:
+            if direction != "forward":
+                raise ValueError(f"detector re-prompting runs forward only, not {direction!r}")
+            reprompter = Reprompter(policy or RepromptPolicy())
+            frames = propagate_with_reprompts(
+                predictor, state, source, box_source, reprompter.policy, reprompter
+            )
+        for frame_idx, obj_ids, logits in frames:
             masks = (logits > score_thresh).cpu().numpy()[:, 0]
             writer.write(source.frame_names[frame_idx], {int(o): masks[i] for i, o in enumerate(obj_ids)})
             result.frames_tracked += 1
         result.seconds = time.perf_counter() - start
+        result.obj_ids = [int(i) for i in state["obj_ids"]]
+        if box_source is not None:
+            result.reprompts, result.detector_queries = reprompt_log(reprompter), reprompter.queries
+    return result
+
+
+def track_live(
+    name: str,
+    predictor: SAM2VideoPredictor,
+    source: LiveStreamSource,
+    prompts: Sequence[Prompt],
+    out_dir: Optional[Path],
+    fps: float,
+    score_thresh: float = 0.0,
+    show: Optional[Callable[[np.ndarray], bool]] = None,
+) -> TrackResult:
+    """One pass over a live stream: prompts are given when their frame arrives (objects may join
+    mid-stream), each output frame is drawn at once into ``out_dir/overlay.mp4`` and per-object PNGs
+    and/or handed to ``show`` (which returns False to stop)."""
+    result = TrackResult(name, (out_dir or Path(".")) / "masks")
+    by_frame: dict[int, list[Prompt]] = {}
+    for prompt in prompts:
+        by_frame.setdefault(prompt.frame, []).append(prompt)
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        overlay = writer = None
+        if out_dir is not None:
+            writer = PerObjectPngWriter(result.masks_dir)
+            overlay = stack.enter_context(OverlayVideoWriter(out_dir / "overlay.mp4", fps, source.size))
+        state = predictor.init_state(source)
+        apply_prompts(predictor, state, by_frame.pop(0, []))
+        start = time.perf_counter()
+
+        def before_frame(frame_idx: int) -> None:
+            apply_prompts(predictor, state, by_frame.pop(frame_idx, []))
+
+        for frame_idx, obj_ids, logits in predictor.propagate_in_video(state, before_frame=before_frame):
+            masks = (logits > score_thresh).cpu().numpy()[:, 0]
+            per_object = {int(o): masks[i] for i, o in enumerate(obj_ids)}
+            frame = source.get(frame_idx)
+            if writer is not None:
+                writer.write(source.frame_names[frame_idx], per_object)
+                overlay.write(frame, per_object)
+            result.frames_tracked += 1
+            if show is not None and not show(draw_overlay(frame, per_object)):
+                break
+        result.seconds = time.perf_counter() - start
+        result.obj_ids = [int(i) for i in state["obj_ids"]]
     return result
 
 
@@ -157,6 +225,11 @@ def summarize(
                 "seconds": round(r.seconds, 3),
                 "fps": round(r.frames_tracked / r.seconds, 3) if r.seconds > 0 else None,
                 "objects": r.obj_ids,
+                **(
+                    {"reprompts": r.reprompts, "detector_queries": r.detector_queries}
+                    if r.reprompts is not None
+                    else {}
+                ),
             }
             for r in results
         },

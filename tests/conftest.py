@@ -58,7 +58,9 @@ def set_object_score_bias(state_dict: dict[str, torch.Tensor], bias: float) -> N
     branch explicitly with a clearly positive or negative bias.
     """
     prefix = "sam_mask_decoder.pred_obj_score_head."
-    keys = [k for k, v in state_dict.items() if k.startswith(prefix) and k.endswith("bias") and v.numel() == 1]
+    keys = [
+        k for k, v in state_dict.items() if k.startswith(prefix) and k.endswith("bias") and v.numel() == 1
+    ]
     assert len(keys) == 1, f"expected one scalar output bias in the object-score head, found {keys}"
     state_dict[keys[0]].fill_(bias)
 

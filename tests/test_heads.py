@@ -592,7 +592,9 @@ def test_memory_key_mask_equals_unpadded_memory(memory_attention: MemoryAttentio
     alone_pos = torch.cat([frames_pos[:HW, 1:], ptrs_pos[:2, 1:]])
     alone = memory_attention(curr[:, 1:], alone_mem, curr_pos[:, 1:], alone_pos, num_obj_ptr_tokens=2)
     torch.testing.assert_close(out[:, 1:], alone, rtol=1e-5, atol=1e-5)
-    full = memory_attention(curr[:, :1], memory[:, :1], curr_pos[:, :1], memory_pos[:, :1], num_obj_ptr_tokens=4)
+    full = memory_attention(
+        curr[:, :1], memory[:, :1], curr_pos[:, :1], memory_pos[:, :1], num_obj_ptr_tokens=4
+    )
     torch.testing.assert_close(out[:, :1], full, rtol=1e-5, atol=1e-5)
     unmasked = memory_attention(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=4)
     assert not torch.allclose(unmasked[:, 1:], alone, atol=1e-3)

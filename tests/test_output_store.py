@@ -188,9 +188,17 @@ def test_interaction_after_spilling_equals_the_in_memory_session(
     assert any(not torch.equal(ram_first[f], ram_second[f]) for f in range(3, 8)), "the click changed nothing"
 
 
-def test_long_propagation_keeps_session_memory_bounded(predictor, tmp_path: Path) -> None:
+def test_long_propagation_keeps_session_memory_bounded(
+    predictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A few hundred small frames with a tiny budget: the store's own byte count stays under the budget,
-    every older output is spilled, and none is lost."""
+    every older output is spilled, and none is lost; freed heap pages are released every 64 frames."""
+    import sam2.sam2_video_predictor as video_predictor
+    from sam2.utils.misc import release_free_heap
+
+    assert release_free_heap(), "glibc's malloc_trim is available on Linux"
+    releases = []
+    monkeypatch.setattr(video_predictor, "release_free_heap", lambda: releases.append(1) or True)
     rng = np.random.default_rng(0)
     video = rng.integers(0, 255, size=(120, 64, 96, 3), dtype=np.uint8)
     state = predictor.init_state(video, output_ram_budget_bytes=2_000_000, spill_dir=tmp_path)
@@ -205,6 +213,7 @@ def test_long_propagation_keeps_session_memory_bounded(predictor, tmp_path: Path
     assert stats.ram_entries + stats.disk_entries == 2 * 119
     assert stats.spills >= 2 * 119 - stats.ram_entries
     assert stats.loads == 0, "memory attention only reads recent outputs, which stay in memory"
+    assert len(releases) == 119 // 64
     outputs = state["output_dict_per_obj"]
     assert sorted(outputs[0]["non_cond_frame_outputs"]) == list(range(1, 120))
 

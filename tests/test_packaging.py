@@ -78,7 +78,9 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
 
 
 def test_wheel_installs_and_works_outside_the_repository(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PIP_REQUIRE_VIRTUALENV")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PIP_REQUIRE_VIRTUALENV")
+    }
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     source = tmp_path / "source"
     shutil.copytree(REPO, source, symlinks=True, ignore=_IGNORED)
@@ -102,7 +104,17 @@ def test_wheel_installs_and_works_outside_the_repository(tmp_path: Path) -> None
     python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
     # pip comes from the system site-packages but installs into the venv (its sys.prefix).
     _run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            str(wheel),
+        ],
         tmp_path,
         env,
     )

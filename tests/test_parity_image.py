@@ -47,7 +47,9 @@ def image_predictor_driver(args: dict[str, Any]) -> dict[str, Any]:
     for name, prompt in args["prompts"].items():
         kwargs = {k: v.numpy() for k, v in prompt.items()}
         for multimask in (True, False):
-            logits, ious, low_res = predictor.predict(**kwargs, multimask_output=multimask, return_logits=True)
+            logits, ious, low_res = predictor.predict(
+                **kwargs, multimask_output=multimask, return_logits=True
+            )
             masks, _, _ = predictor.predict(**kwargs, multimask_output=multimask)
             out[(name, multimask)] = {
                 "logits": torch.from_numpy(logits),
@@ -74,7 +76,10 @@ def model_driver(args: dict[str, Any]) -> dict[str, Any]:
         image = args["images"][size]
         for branch, checkpoint in args["checkpoints"].items():
             model = build_sam2(
-                args["config"], checkpoint, device="cpu", apply_postprocessing=False,
+                args["config"],
+                checkpoint,
+                device="cpu",
+                apply_postprocessing=False,
                 hydra_overrides_extra=[f"++model.image_size={size}"],
             )
             with torch.no_grad():
@@ -88,18 +93,30 @@ def model_driver(args: dict[str, Any]) -> dict[str, Any]:
                 steps = {}
                 for name, prompt in args["prompts"][size].items():
                     steps[name] = model.track_step(
-                        frame_idx=0, is_init_cond_frame=True, current_vision_feats=feats,
-                        current_vision_pos_embeds=pos, feat_sizes=feat_sizes,
-                        point_inputs=prompt.get("point_inputs"), mask_inputs=prompt.get("mask_inputs"),
+                        frame_idx=0,
+                        is_init_cond_frame=True,
+                        current_vision_feats=feats,
+                        current_vision_pos_embeds=pos,
+                        feat_sizes=feat_sizes,
+                        point_inputs=prompt.get("point_inputs"),
+                        mask_inputs=prompt.get("mask_inputs"),
                         output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-                        num_frames=2, run_mem_encoder=True,
+                        num_frames=2,
+                        run_mem_encoder=True,
                     )
                     res[name] = flat(steps[name], args["track_keys"])
                 memory = {"cond_frame_outputs": {0: steps["point"]}, "non_cond_frame_outputs": {}}
                 tracked = model.track_step(
-                    frame_idx=1, is_init_cond_frame=False, current_vision_feats=feats,
-                    current_vision_pos_embeds=pos, feat_sizes=feat_sizes, point_inputs=None,
-                    mask_inputs=None, output_dict=memory, num_frames=2, run_mem_encoder=True,
+                    frame_idx=1,
+                    is_init_cond_frame=False,
+                    current_vision_feats=feats,
+                    current_vision_pos_embeds=pos,
+                    feat_sizes=feat_sizes,
+                    point_inputs=None,
+                    mask_inputs=None,
+                    output_dict=memory,
+                    num_frames=2,
+                    run_mem_encoder=True,
                 )
                 res["tracked"] = flat(tracked, args["track_keys"])
             out[(size, branch)] = res
@@ -125,7 +142,9 @@ def predictor_prompts(height: int, width: int) -> dict[str, dict[str, torch.Tens
         },
         "mask": {"mask_input": mask_logits[None]},
         "point_mask": {
-            "point_coords": point, "point_labels": torch.tensor([1]), "mask_input": mask_logits[None],
+            "point_coords": point,
+            "point_labels": torch.tensor([1]),
+            "mask_input": mask_logits[None],
         },
     }
 
@@ -135,15 +154,20 @@ def model_prompts(size: int) -> dict[str, dict[str, Any]]:
     mask = torch.zeros(1, 1, size, size)
     mask[..., size // 4 : 3 * size // 4, size // 3 : 5 * size // 6] = 1.0
     return {
-        "point": {"point_inputs": {
-            "point_coords": torch.tensor([[[0.6 * size, 0.45 * size]]]),
-            "point_labels": torch.tensor([[1]], dtype=torch.int32),
-        }},
-        "box_point": {"point_inputs": {
-            "point_coords": torch.tensor([[[0.3 * size, 0.2 * size], [0.9 * size, 0.9 * size],
-                                           [0.6 * size, 0.5 * size]]]),
-            "point_labels": torch.tensor([[2, 3, 1]], dtype=torch.int32),
-        }},
+        "point": {
+            "point_inputs": {
+                "point_coords": torch.tensor([[[0.6 * size, 0.45 * size]]]),
+                "point_labels": torch.tensor([[1]], dtype=torch.int32),
+            }
+        },
+        "box_point": {
+            "point_inputs": {
+                "point_coords": torch.tensor(
+                    [[[0.3 * size, 0.2 * size], [0.9 * size, 0.9 * size], [0.6 * size, 0.5 * size]]]
+                ),
+                "point_labels": torch.tensor([[2, 3, 1]], dtype=torch.int32),
+            }
+        },
         "mask": {"mask_inputs": mask},
     }
 
@@ -210,7 +234,9 @@ def test_image_embedding_matches_upstream(predictor_results, config: str) -> Non
 @pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
 @pytest.mark.parametrize("prompt", list(predictor_prompts(2, 2)))
 @pytest.mark.parametrize("config", CONFIGS)
-def test_image_predictor_matches_upstream(predictor_results, config: str, prompt: str, multimask: bool) -> None:
+def test_image_predictor_matches_upstream(
+    predictor_results, config: str, prompt: str, multimask: bool
+) -> None:
     ours, theirs = (r[(prompt, multimask)] for r in predictor_results(config))
     assert ours["low_res"].shape[0] == (3 if multimask else 1)
     for key in ("low_res", "logits", "ious"):

@@ -66,7 +66,10 @@ def video_driver(args: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for size, names in args["runs"].items():
         predictor = build_sam2_video_predictor(
-            args["config"], args["checkpoint"], device="cpu", apply_postprocessing=False,
+            args["config"],
+            args["checkpoint"],
+            device="cpu",
+            apply_postprocessing=False,
             hydra_overrides_extra=[f"++model.image_size={size}"],
         )
         for name in names:
@@ -79,8 +82,12 @@ def video_driver(args: dict[str, Any]) -> dict[str, Any]:
                     _, obj_ids, masks = predictor.add_new_mask(state, prompt["frame"], obj_id, prompt["mask"])
                 else:
                     _, obj_ids, masks = predictor.add_new_points_or_box(
-                        state, prompt["frame"], obj_id,
-                        points=prompt.get("points"), labels=prompt.get("labels"), box=prompt.get("box"),
+                        state,
+                        prompt["frame"],
+                        obj_id,
+                        points=prompt.get("points"),
+                        labels=prompt.get("labels"),
+                        box=prompt.get("box"),
                     )
                 record["prompts"].append({"obj_ids": list(obj_ids), "masks": masks.clone()})
             for start, reverse in session["propagations"]:

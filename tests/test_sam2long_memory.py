@@ -21,7 +21,10 @@ from sam2long.tree import PathwayTree
 
 def _history(entries, first_step=1):
     """Records for consecutive frames from (iou, obj_logit) pairs; node id = frame."""
-    return [FrameRecord(step=first_step + i, node=first_step + i, iou=iou, obj_logit=obj) for i, (iou, obj) in enumerate(entries)]
+    return [
+        FrameRecord(step=first_step + i, node=first_step + i, iou=iou, obj_logit=obj)
+        for i, (iou, obj) in enumerate(entries)
+    ]
 
 
 def _plan(history, step, *, num_maskmem=7, max_ptrs=16, num_frames=1000, thr=0.1, selection=True):
@@ -135,10 +138,18 @@ def test_selection_matches_official_loops_on_random_histories():
     rng = random.Random(0)
     for _ in range(300):
         length = rng.randint(0, 40)
-        history = _history([(rng.choice([0.05, 0.1, 0.2, 0.5, 0.9]), rng.choice([-1.0, 0.0, 2.0])) for _ in range(length)])
-        kwargs = dict(num_maskmem=rng.choice([2, 4, 7]), max_ptrs=rng.choice([2, 5, 16]), num_frames=rng.choice([3, 20, 500]))
+        history = _history(
+            [(rng.choice([0.05, 0.1, 0.2, 0.5, 0.9]), rng.choice([-1.0, 0.0, 2.0])) for _ in range(length)]
+        )
+        kwargs = dict(
+            num_maskmem=rng.choice([2, 4, 7]),
+            max_ptrs=rng.choice([2, 5, 16]),
+            num_frames=rng.choice([3, 20, 500]),
+        )
         thr = rng.choice([0.1, 0.3])
-        valid, spatial, pointers = _official_layout(history, length + 1, 0, kwargs["num_maskmem"], kwargs["max_ptrs"], kwargs["num_frames"], thr)
+        valid, spatial, pointers = _official_layout(
+            history, length + 1, 0, kwargs["num_maskmem"], kwargs["max_ptrs"], kwargs["num_frames"], thr
+        )
         plan = _plan(history, length + 1, thr=thr, **kwargs)
         assert [r.step for r in plan.kept] == valid
         assert [(m.step, m.position) for m in plan.spatial] == spatial
@@ -227,7 +238,10 @@ def test_compacted_tree_history_gives_the_same_memory_as_full_history(selection)
             assert (got.spatial, got.pointers) == (expected.spatial, expected.pointers)
             dropped = max(dropped, len(full[nodes[p]]) - len(compact))
         unique, inverse = tree.unique_pathways()
-        rows = [([rng.choice([0.05, 0.2, 0.5, 0.9, 0.91]) for _ in range(3)], rng.choice([-2.0, 0.5, 3.0])) for _ in unique]
+        rows = [
+            ([rng.choice([0.05, 0.2, 0.5, 0.9, 0.91]) for _ in range(3)], rng.choice([-2.0, 0.5, 3.0]))
+            for _ in unique
+        ]
         iou = torch.tensor([rows[i][0] for i in inverse.tolist()])
         obj = torch.tensor([rows[i][1] for i in inverse.tolist()])
         report = tree.branch(frame, iou, obj, 2.0)

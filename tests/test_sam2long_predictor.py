@@ -202,7 +202,9 @@ def _max_emit_lag(predictor, frames: Path) -> int:
     PROMPTS[1](predictor, state)
     processed: list[int] = []
     lags = {}
-    for frame_idx, _, _ in predictor.propagate_in_video(state, observer=lambda r: processed.append(r.frame_idx)):
+    for frame_idx, _, _ in predictor.propagate_in_video(
+        state, observer=lambda r: processed.append(r.frame_idx)
+    ):
         lags[frame_idx] = len([f for f in processed if f is not None]) - (frame_idx + 1)
     assert sorted(lags) == list(range(NUM_FRAMES))
     return max(lag for f, lag in lags.items() if f < NUM_FRAMES - 1)

@@ -157,7 +157,7 @@ def _row(vals):
 def test_start_commits_root_and_dedupes_copies():
     tree = PathwayTree(3)
     report = tree.start(step=1, iou=0.9, obj_logit=5.0, candidate=2)
-    (root, parent, cand, *_), = report.created
+    ((root, parent, cand, *_),) = report.created
     assert (parent, cand) == (-1, 2)
     assert report.committed == ((1, root),)
     assert tree.pathway_nodes == (root, root, root)
@@ -357,10 +357,19 @@ def test_invalid_usage_raises():
 
 
 def test_build_tree_from_config():
-    tree = build_tree(SAM2LongConfig(num_pathways=4, max_lag=6), num_maskmem=7, max_obj_ptrs_in_encoder=16, num_frames=50)
+    tree = build_tree(
+        SAM2LongConfig(num_pathways=4, max_lag=6), num_maskmem=7, max_obj_ptrs_in_encoder=16, num_frames=50
+    )
     assert (tree.num_pathways, tree.max_lag, tree.history_size) == (4, 6, 16)
-    assert tree.history_filter(FrameRecord(1, 1, 0.2, 1.0)) and not tree.history_filter(FrameRecord(1, 1, 0.05, 1.0))
-    assert build_tree(SAM2LongConfig(memory_selection=False), num_maskmem=7, max_obj_ptrs_in_encoder=16, num_frames=50).history_filter is None
+    assert tree.history_filter(FrameRecord(1, 1, 0.2, 1.0)) and not tree.history_filter(
+        FrameRecord(1, 1, 0.05, 1.0)
+    )
+    assert (
+        build_tree(
+            SAM2LongConfig(memory_selection=False), num_maskmem=7, max_obj_ptrs_in_encoder=16, num_frames=50
+        ).history_filter
+        is None
+    )
 
 
 def test_tree_owns_payloads_and_frees_released_ones_after_the_next_update():

@@ -83,8 +83,17 @@ def _sha256(path: Path) -> str:
 def _pip_download(dest: Path) -> Path:
     """Fetch the sdist with pip into ``dest``; build isolation is off so no torch wheel is pulled."""
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
-        "--no-binary", "sam2", "--dest", str(dest), f"sam2=={UPSTREAM_VERSION}",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-binary",
+        "sam2",
+        "--dest",
+        str(dest),
+        f"sam2=={UPSTREAM_VERSION}",
     ]
     env = {**os.environ, "SAM2_BUILD_CUDA": "0"}
     proc = subprocess.run(
@@ -251,8 +260,12 @@ class UpstreamJob:
         env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)}
         env.pop("PYTHONHOME", None)
         cmd = [
-            sys.executable, str(driver), str(self.work / "in.pt"), str(self.work / "out.pt"),
-            str(root), str(threads),
+            sys.executable,
+            str(driver),
+            str(self.work / "in.pt"),
+            str(self.work / "out.pt"),
+            str(root),
+            str(threads),
         ]
         # Output goes to a file: a chatty child (tqdm) must never block on a full pipe.
         self._log = open(self.work / "log.txt", "w+b")

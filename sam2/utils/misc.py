@@ -9,6 +9,8 @@ requirement, so post-processing behaves the same with or without it.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import threading
 import warnings
@@ -227,6 +229,36 @@ def _normalization_tensors(
     return mean, std
 
 
+#: Propagation gives freed heap memory back to the OS every this many frames (see release_free_heap).
+HEAP_RELEASE_EVERY = 64
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_free_heap() -> bool:
+    """Return the free pages of the C heap to the OS (glibc ``malloc_trim``; False where unavailable).
+
+    A long propagation keeps thousands of small tensors alive for a while (stored outputs, pathway
+    memories) among short-lived per-frame ones; glibc keeps the pages freed between them, so the
+    process's resident memory would grow with heap fragmentation although the memory in use does not.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def _to_model_input(
     frame: np.ndarray,
     image_size: int,
@@ -304,6 +336,16 @@ class PrefetchingVideoFrames:
 
     def __len__(self) -> int:
         return self._num_frames
+
+    @property
+    def live(self) -> bool:
+        """Whether the frames come from a live stream (read once, in order; its length is a capacity)."""
+        return getattr(self.source, "live", False)
+
+    def has_frame(self, index: int) -> bool:
+        """Whether frame ``index`` exists (a live stream may end earlier than its capacity)."""
+        has_frame = getattr(self.source, "has_frame", None)
+        return 0 <= index < self._num_frames if has_frame is None else has_frame(index)
 
     @property
     def cached_frames(self) -> int:
@@ -483,8 +525,16 @@ def load_video_frames(
     source = open_frame_source(video_path)
     mean, std = _normalization_tensors(img_mean, img_std)
     video_height, video_width = source.size
+    live = getattr(source, "live", False)
+    if live and preload_frames:
+        raise ValueError(
+            "preload_frames=True cannot be used with a live stream: its frames arrive one by one"
+        )
     if not preload_frames:
-        frames = PrefetchingVideoFrames(source, image_size, offload_video_to_cpu, mean, std, compute_device)
+        # A live stream is read in order as it is processed: reading ahead would only add latency.
+        frames = PrefetchingVideoFrames(
+            source, image_size, offload_video_to_cpu, mean, std, compute_device, prefetch=0 if live else 4
+        )
         return frames, video_height, video_width
 
     device = torch.device("cpu") if offload_video_to_cpu else compute_device
