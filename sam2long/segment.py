@@ -139,7 +139,7 @@ def track_live(
     result = TrackResult(name, (out_dir or Path(".")) / "masks")
     by_frame: dict[int, list[Prompt]] = {}
     for prompt in prompts:
-        by_frame.setdefault(prompt.frame, []).append(prompt)
+        by_frame.setdefault(prompt.frame_idx, []).append(prompt)
     with contextlib.ExitStack() as stack, torch.inference_mode():
         overlay = writer = None
         if out_dir is not None:
