@@ -22,6 +22,7 @@ the same calls with one row per (object, pathway). Prompted frames use :meth:`tr
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -654,35 +655,48 @@ class SAM2VideoPredictor(SAM2Base):
         Prompts may be added while the propagation runs, on frames it has not reached: between yields,
         or from ``before_frame(frame_idx)``, which is called before each frame is processed (a detector
         re-prompting, a live user). They are used when their frame comes; a new object id joins the
-        batch there and is reported absent before it; the other objects go on unchanged. A live stream ends the propagation when it ends.
+        batch there and is reported absent before it; the other objects go on unchanged. A live stream
+        ends the propagation when it ends. (The loop is :meth:`propagation_steps`, shared with SAM2Long.)
         """
         self.propagate_in_video_preflight(inference_state)
         timeline = self.processing_timeline(inference_state, start_frame_idx, max_frame_num_to_track, reverse)
         known = self._get_obj_num(inference_state)
         waiting = set(range(known)) if objects_join_at_first_prompt else set()
+        steps = self.propagation_steps(inference_state, timeline, before_frame, "propagate in video")
+        with contextlib.closing(steps):
+            for _, frame_idx in steps:
+                # objects created during the propagation join on their first prompted frame
+                now = self._get_obj_num(inference_state)
+                waiting |= set(range(known, now))
+                known = now
+                waiting -= self.objects_prompted_on(inference_state, frame_idx)
+                pred_masks = self._propagate_frame(inference_state, frame_idx, reverse, waiting)
+                yield frame_idx, inference_state["obj_ids"], self.video_res_masks(inference_state, pred_masks)
+
+    def propagation_steps(
+        self,
+        inference_state: InferenceState,
+        timeline: Timeline,
+        before_frame: Optional[Callable[[int], None]],
+        desc: str,
+    ) -> Iterator[tuple[int, int]]:
+        """The ``(step, frame_idx)`` of a propagation, each once its prompts are taken: the frame exists
+        (a live stream may end), ``before_frame`` ran, prompts added on it became conditioning frames.
+        Records the running propagation in the session (:class:`PropagationCursor`), draws the progress
+        bar and does per-frame housekeeping after the caller's work on each frame."""
         cursor = self.begin_propagation(inference_state, timeline)
         try:
-            with self.progress(inference_state, timeline, "propagate in video") as bar:
+            with self.progress(inference_state, timeline, desc) as bar:
                 for step, frame_idx in timeline.steps():
                     if not self.frame_available(inference_state, frame_idx):
-                        break
+                        return
                     if before_frame is not None:
                         before_frame(frame_idx)
                     self.take_prompts_on(inference_state, frame_idx)
                     cursor.next_step = step + 1
-                    # objects created during the propagation join on their first prompted frame
-                    now = self._get_obj_num(inference_state)
-                    waiting |= set(range(known, now))
-                    known = now
-                    waiting -= self.objects_prompted_on(inference_state, frame_idx)
-                    pred_masks = self._propagate_frame(inference_state, frame_idx, reverse, waiting)
+                    yield step, frame_idx
                     self.frame_done(step)
                     bar.update()
-                    yield (
-                        frame_idx,
-                        inference_state["obj_ids"],
-                        self.video_res_masks(inference_state, pred_masks),
-                    )
         finally:
             self.end_propagation(inference_state, cursor)
 

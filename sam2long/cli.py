@@ -346,14 +346,7 @@ def _run_live(args: argparse.Namespace) -> int:
             frames=result.frames_tracked,
             frame_size=list(source.size),
             fps=fps,
-            trackers={
-                result.name: {
-                    "frames_tracked": result.frames_tracked,
-                    "seconds": round(result.seconds, 3),
-                    "fps": round(result.frames_tracked / result.seconds, 3) if result.seconds > 0 else None,
-                    "objects": result.obj_ids,
-                }
-            },
+            trackers={result.name: result.summary()},
             stream={
                 "source": spec_text,
                 "drop_policy": drop,

@@ -17,11 +17,24 @@ import numpy as np
 from sam2long.reprompt import Detection
 
 
-def _load_yolo(model: Union[str, os.PathLike]) -> Any:
+def _import_yolo() -> Any:
+    """``ultralytics.YOLO``, keeping PIL's own ``Image.open``: importing ultralytics replaces it
+    process-wide with a HEIF fallback that, on any unreadable image, pip-installs ``pi-heif``; our mask
+    and frame readers must keep PIL's errors (we hand YOLO arrays, never files)."""
+    from PIL import Image
+
+    pil_open = Image.open
     try:
         from ultralytics import YOLO
     except ImportError as error:
         raise ImportError("the YOLO box source needs ultralytics: pip install 'sam2long[yolo]'") from error
+    finally:
+        Image.open = pil_open
+    return YOLO
+
+
+def _load_yolo(model: Union[str, os.PathLike]) -> Any:
+    YOLO = _import_yolo()
     path = Path(model)
     if path.suffix in (".pt", ".onnx", ".engine", ".torchscript") and not path.is_file():
         raise FileNotFoundError(

@@ -21,6 +21,7 @@ policy never see the tracking direction.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -215,28 +216,19 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
         run = _Propagation(self, inference_state, timeline, observer)
         for obj_idx in range(self._get_obj_num(inference_state)):
             run.add_track(obj_idx, waiting=objects_join_at_first_prompt)
-        cursor = self.begin_propagation(inference_state, timeline)
-        try:
-            with self.progress(inference_state, timeline, "propagate in video (SAM2Long)") as bar:
-                for step, frame_idx in timeline.steps():
-                    if not self.frame_available(inference_state, frame_idx):
-                        break
-                    if before_frame is not None:
-                        before_frame(frame_idx)
-                    self.take_prompts_on(inference_state, frame_idx)
-                    cursor.next_step = step + 1
-                    # objects created during the propagation join on their first prompted frame
-                    for obj_idx in range(len(run.tracks), self._get_obj_num(inference_state)):
-                        run.add_track(obj_idx, waiting=True)
-                    run.pending.append(step)
-                    run.advance(step)
-                    self.frame_done(step)
-                    bar.update()
-                    yield from run.emit_ready()
-            run.finish()
-            yield from run.emit_ready()
-        finally:
-            self.end_propagation(inference_state, cursor)
+        steps = self.propagation_steps(
+            inference_state, timeline, before_frame, "propagate in video (SAM2Long)"
+        )
+        with contextlib.closing(steps):
+            for step, _ in steps:
+                # objects created during the propagation join on their first prompted frame
+                for obj_idx in range(len(run.tracks), self._get_obj_num(inference_state)):
+                    run.add_track(obj_idx, waiting=True)
+                run.pending.append(step)
+                run.advance(step)
+                yield from run.emit_ready()
+        run.finish()
+        yield from run.emit_ready()
 
 
 class _Propagation:

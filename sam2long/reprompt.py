@@ -123,6 +123,9 @@ class Reprompter:
     def _record(self, obj_id: Any) -> _ObjectRecord:
         return self.objects.setdefault(obj_id, _ObjectRecord())
 
+    def knows_label(self, obj_id: Any) -> bool:
+        return self._record(obj_id).label_known
+
     def set_label(self, obj_id: Any, label: Label) -> None:
         record = self._record(obj_id)
         record.label, record.label_known = label, True
@@ -220,7 +223,8 @@ def propagate_with_reprompts(
 
     ``source`` gives the RGB frames the box source sees (the session's video). ``labels`` maps object
     ids to their class; objects without one learn it from the box source on their first prompted frame.
-    Every re-prompt is appended to ``reprompter.log`` (pass your own :class:`Reprompter` to read it).
+    Every re-prompt is appended to ``reprompter.log`` (pass your own :class:`Reprompter` to read it; its
+    policy is then used and ``policy`` is ignored).
     """
     from sam2long.predictor import PathwayStep, SAM2LongVideoPredictor
 
@@ -260,7 +264,7 @@ def propagate_with_reprompts(
             return detections
 
         for obj_idx, obj_id in list(state["obj_idx_to_id"].items()):
-            if policy.same_class and not rep._record(obj_id).label_known:
+            if rep.policy.same_class and not rep.knows_label(obj_id):
                 box = _prompt_box(state, obj_idx, frame_idx)
                 if box is not None:
                     rep.learn_label(obj_id, box, detect())

@@ -64,6 +64,18 @@ class TrackResult:
     reprompts: Optional[list[dict]] = None  # with a detector: every re-prompt (frame, object, box, score)
     detector_queries: int = 0
 
+    def summary(self) -> dict:
+        """This tracker's entry in the run summary."""
+        entry = {
+            "frames_tracked": self.frames_tracked,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.frames_tracked / self.seconds, 3) if self.seconds > 0 else None,
+            "objects": self.obj_ids,
+        }
+        if self.reprompts is not None:
+            entry.update(reprompts=self.reprompts, detector_queries=self.detector_queries)
+        return entry
+
 
 def propagate(
     predictor: SAM2VideoPredictor, state: Any, direction: str
@@ -219,19 +231,6 @@ def summarize(
         frames=len(source),
         frame_size=list(source.size),
         fps=fps,
-        trackers={
-            r.name: {
-                "frames_tracked": r.frames_tracked,
-                "seconds": round(r.seconds, 3),
-                "fps": round(r.frames_tracked / r.seconds, 3) if r.seconds > 0 else None,
-                "objects": r.obj_ids,
-                **(
-                    {"reprompts": r.reprompts, "detector_queries": r.detector_queries}
-                    if r.reprompts is not None
-                    else {}
-                ),
-            }
-            for r in results
-        },
+        trackers={r.name: r.summary() for r in results},
         **settings,
     )

@@ -49,6 +49,22 @@ def bedroom_dir() -> Path:
     return BEDROOM_DIR
 
 
+@pytest.fixture(scope="session")
+def first_frames(bedroom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """``first_frames(n)``: a folder with the first ``n`` bedroom frames (480x270), made once per ``n``."""
+    made: dict[int, Path] = {}
+
+    def make(count: int) -> Path:
+        if count not in made:
+            out = tmp_path_factory.mktemp(f"frames{count}")
+            for src in sorted(bedroom_dir.glob("*.jpg"))[:count]:
+                (out / src.name).write_bytes(src.read_bytes())
+            made[count] = out
+        return made[count]
+
+    return make
+
+
 def set_object_score_bias(state_dict: dict[str, torch.Tensor], bias: float) -> None:
     """Set the output bias of the mask decoder's object-score head, in place.
 

@@ -229,3 +229,12 @@ def test_segment_command_on_a_stream_writes_as_it_goes(ckpt: Path, tmp_path: Pat
     joined = sorted(p.stem for p in (out / "masks" / "002").glob("*.png"))
     assert joined[-3:] == names[3:], "object 2 is tracked from its prompted frame on"
     assert all(not read_mask(out / "masks" / "002" / f"{n}.png").any() for n in joined if n < names[3])
+
+
+def test_segment_on_a_missing_camera_names_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sam2long.cli import main
+
+    assert main(["segment", "7", "--point", "10,10", "--out", str(tmp_path / "o")]) == 2
+    assert "camera 7" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="needs --out .* and/or --show"):
+        main(["segment", "7", "--point", "10,10"])

@@ -24,11 +24,8 @@ BOX = [20, 30, 200, 250]
 
 
 @pytest.fixture(scope="module")
-def frames(bedroom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("frames")
-    for src in sorted(bedroom_dir.glob("*.jpg"))[:NUM_FRAMES]:
-        (out / src.name).write_bytes(src.read_bytes())
-    return out
+def frames(first_frames) -> Path:
+    return first_frames(NUM_FRAMES)
 
 
 @pytest.fixture(scope="module", params=["sam2", "sam2long", "sam2long-batched"])

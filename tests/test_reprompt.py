@@ -85,11 +85,8 @@ def test_box_helpers() -> None:
 
 
 @pytest.fixture(scope="module")
-def frames(bedroom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("frames")
-    for src in sorted(bedroom_dir.glob("*.jpg"))[:NUM_FRAMES]:
-        (out / src.name).write_bytes(src.read_bytes())
-    return out
+def frames(first_frames) -> Path:
+    return first_frames(NUM_FRAMES)
 
 
 @pytest.fixture(scope="module", params=["sam2", "sam2long"])
@@ -174,7 +171,10 @@ def test_a_source_that_never_answers_changes_nothing(lost_predictor, frames: Pat
 
 
 def test_yolo_adapter_on_an_untrained_network(bedroom_dir: Path) -> None:
+    from PIL import Image
+
     source = YoloBoxSource("yolov8n.yaml", conf=1e-4, imgsz=256, device="cpu")
+    assert Image.open.__module__ == "PIL.Image", "ultralytics' global Image.open patch is undone"
     frame = np.asarray(ImageFolderSource(bedroom_dir).get(0))
     detections = source(frame, 0)
     assert isinstance(detections, list) and detections, "an untrained head still scores some boxes"

@@ -25,12 +25,8 @@ NUM_FRAMES = 6
 
 
 @pytest.fixture(scope="module")
-def frames(bedroom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first NUM_FRAMES bedroom frames (480x270)."""
-    out = tmp_path_factory.mktemp("frames")
-    for src in sorted(bedroom_dir.glob("*.jpg"))[:NUM_FRAMES]:
-        (out / src.name).write_bytes(src.read_bytes())
-    return out
+def frames(first_frames) -> Path:
+    return first_frames(NUM_FRAMES)
 
 
 @pytest.fixture(scope="module")
