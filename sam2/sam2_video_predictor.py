@@ -584,6 +584,18 @@ class SAM2VideoPredictor(SAM2Base):
         if inference_state.get("propagation") is cursor:
             inference_state["propagation"] = None
 
+    def forget_passed_outputs(self, inference_state: InferenceState, frame_idx: int) -> None:
+        """On a live stream: drop tracked outputs older than any memory attention can still read
+        (``max(num_maskmem, max_obj_ptrs_in_encoder)`` frames back). Their frames are gone, so no
+        prompt can come back to them, and keeping them would grow the session with the stream."""
+        oldest = frame_idx - max(self.num_maskmem, self.max_obj_ptrs_in_encoder)
+        for obj_idx, out_dict in inference_state["output_dict_per_obj"].items():
+            for f in [f for f in out_dict[NON_COND] if f < oldest]:
+                del out_dict[NON_COND][f]
+            tracked = inference_state["frames_tracked_per_obj"][obj_idx]
+            for f in [f for f in tracked if f < oldest and f not in out_dict[COND]]:
+                del tracked[f]
+
     def frame_done(self, step: int) -> None:
         """Housekeeping after each propagated frame: freed heap pages go back to the OS now and then."""
         if step % HEAP_RELEASE_EVERY == HEAP_RELEASE_EVERY - 1:
@@ -685,6 +697,7 @@ class SAM2VideoPredictor(SAM2Base):
         Records the running propagation in the session (:class:`PropagationCursor`), draws the progress
         bar and does per-frame housekeeping after the caller's work on each frame."""
         cursor = self.begin_propagation(inference_state, timeline)
+        live = getattr(inference_state["images"], "live", False)
         try:
             with self.progress(inference_state, timeline, desc) as bar:
                 for step, frame_idx in timeline.steps():
@@ -695,6 +708,8 @@ class SAM2VideoPredictor(SAM2Base):
                     self.take_prompts_on(inference_state, frame_idx)
                     cursor.next_step = step + 1
                     yield step, frame_idx
+                    if live:
+                        self.forget_passed_outputs(inference_state, frame_idx)
                     self.frame_done(step)
                     bar.update()
         finally:

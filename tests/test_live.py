@@ -238,3 +238,26 @@ def test_segment_on_a_missing_camera_names_it(tmp_path: Path, capsys: pytest.Cap
     assert "camera 7" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="needs --out .* and/or --show"):
         main(["segment", "7", "--point", "10,10"])
+
+
+def test_a_long_stream_keeps_a_bounded_session(ckpt: Path) -> None:
+    """Tracked outputs memory attention can no longer read are dropped on a live stream: the session
+    holds a fixed window of frames whatever the stream's length (store's own counts)."""
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(60)]
+    predictor = _predictor(ckpt, "sam2")
+    window = max(predictor.num_maskmem, predictor.max_obj_ptrs_in_encoder)
+    source = LiveStreamSource(0, drop="none", capture=PacedCapture(frames, fps=1000.0))
+    state = predictor.init_state(source)
+    predictor.add_new_points_or_box(state, 0, 1, points=[[40, 30]], labels=[1])
+    held = []
+    for frame_idx, _, _ in predictor.propagate_in_video(state):
+        outputs = state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
+        held.append(len(outputs))
+        # dropped after each frame is done: frames older than `window` before the previous frame
+        assert all(f >= frame_idx - 1 - window for f in outputs)
+    source.close()
+    stats = state["output_store"].stats
+    assert len(held) == 60 and max(held) == window + 2, "frames f-1-window .. f"
+    assert stats.ram_entries + stats.disk_entries == window + 1, "frames 59-window .. 59"
+    assert sorted(state["frames_tracked_per_obj"][0]) == [0, *range(59 - window, 60)], "prompt + window"
