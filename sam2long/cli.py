@@ -54,6 +54,7 @@ def _non_negative(parser: argparse.ArgumentParser, flag: str, text: str, minimum
 
 def _segment_parser(sub: argparse._SubParsersAction) -> None:
     from sam2long.config import add_config_arguments
+    from sam2long.models import add_model_arguments
     from sam2long.segment import DIRECTIONS
 
     p = sub.add_parser(
@@ -80,21 +81,7 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--obj", action=_PromptAction, metavar="ID", dest="cli_prompts", help="object of the next prompts"
     )
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--model", default="sam2.1-tiny", help="model name, fetched on first use (default: %(default)s)"
-    )
-    model.add_argument("--config", default=None, help="a SAM 2 hydra config instead of --model")
-    model.add_argument(
-        "--checkpoint", default=None, help="checkpoint file (with --config, or instead of the download)"
-    )
-    model.add_argument(
-        "--offline", action="store_true", help="never download; fail if the checkpoint is not cached"
-    )
-    model.add_argument(
-        "--hydra_overrides", nargs="*", default=[], metavar="OVERRIDE", help="e.g. ++model.image_size=512"
-    )
-    model.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    model = add_model_arguments(p)
     model.add_argument("--tracker", choices=("sam2", "sam2long"), default="sam2long")
     model.add_argument(
         "--compare-sam2", dest="compare_sam2", action="store_true", help="also run SAM 2; side-by-side video"
@@ -291,6 +278,7 @@ def _run_live(args: argparse.Namespace) -> int:
     from sam2long.config import config_from_args
     from sam2long.export import write_summary
     from sam2long.live import LiveStreamSource, is_stream_spec, parse_stream_spec
+    from sam2long.models import model_files_from_args
     from sam2long.prompts import PromptError
     from sam2long.segment import track_live
     from sam2long.vos.tracker import TrackerSpec
@@ -311,7 +299,7 @@ def _run_live(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = _writable_folder(Path(args.out)) if args.out is not None else None
-    config_file, checkpoint, model_name = _model_files(args)
+    config_file, checkpoint, model_name = model_files_from_args(args)
     device = args.device or default_device()
     tree = None
     if args.tracker == "sam2long":
@@ -372,6 +360,7 @@ def _run_file(args: argparse.Namespace) -> int:
     from sam2.build_sam import default_device
     from sam2.utils.frame_sources import FrameSourceError, open_frame_source
     from sam2long.config import config_from_args
+    from sam2long.models import model_files_from_args
     from sam2long.prompts import PromptError
     from sam2long.segment import summarize, track, write_outputs
     from sam2long.vos.tracker import TrackerSpec
@@ -383,7 +372,7 @@ def _run_file(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = _writable_folder(Path(args.out))
-    config_file, checkpoint, model_name = _model_files(args)
+    config_file, checkpoint, model_name = model_files_from_args(args)
     device = args.device or default_device()
     tree = config_from_args(args) if args.tracker == "sam2long" else None
     specs = [
@@ -441,22 +430,6 @@ def _run_file(args: argparse.Namespace) -> int:
         f"wrote {len(source)} frames to {out} (overlay.mp4, masks/, palette/, masks_rle.json, summary.json)"
     )
     return 0
-
-
-def _model_files(args: argparse.Namespace) -> tuple[str, str, Optional[str]]:
-    """``(config, checkpoint, model name)`` from ``--config/--checkpoint`` or ``--model``."""
-    if args.config is not None:
-        if args.checkpoint is None:
-            raise SystemExit("error: --config needs --checkpoint")
-        return args.config, args.checkpoint, None
-    from sam2long.models import fetch_checkpoint, resolve_model
-
-    try:
-        spec = resolve_model(args.model)
-        checkpoint = args.checkpoint or str(fetch_checkpoint(spec, offline=args.offline))
-    except (ValueError, RuntimeError, OSError) as error:
-        raise SystemExit(f"error: {error}") from error
-    return spec.config, checkpoint, spec.name
 
 
 # Subcommands that hand their arguments to another entry point unchanged.

@@ -596,6 +596,42 @@ def run_download(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The ``model`` flags of the commands that run a model: ``--model`` by name, or ``--config`` +
+    ``--checkpoint``, ``--offline``, ``--hydra_overrides`` and ``--device``. Returns the group."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model", default="sam2.1-tiny", help="model name, fetched on first use (default: %(default)s)"
+    )
+    model.add_argument("--config", default=None, help="a SAM 2 hydra config instead of --model")
+    model.add_argument(
+        "--checkpoint", default=None, help="checkpoint file (with --config, or instead of the download)"
+    )
+    model.add_argument(
+        "--offline", action="store_true", help="never download; fail if the checkpoint is not cached"
+    )
+    model.add_argument(
+        "--hydra_overrides", nargs="*", default=[], metavar="OVERRIDE", help="e.g. ++model.image_size=512"
+    )
+    model.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    return model
+
+
+def model_files_from_args(args: argparse.Namespace) -> tuple[str, str, Optional[str]]:
+    """``(config, checkpoint, model name)`` from :func:`add_model_arguments` flags, fetching the
+    checkpoint into the cache on first use; a bad choice exits with a message."""
+    if args.config is not None:
+        if args.checkpoint is None:
+            raise SystemExit("error: --config needs --checkpoint")
+        return args.config, str(args.checkpoint), None
+    try:
+        spec = resolve_model(args.model)
+        checkpoint = args.checkpoint or str(fetch_checkpoint(spec, offline=args.offline))
+    except (ValueError, RuntimeError, OSError) as error:
+        raise SystemExit(f"error: {error}") from error
+    return spec.config, str(checkpoint), spec.name
+
+
 def download_main(argv: Optional[Sequence[str]] = None) -> int:
     """``sam2long download [NAMES...|--all] [--cache DIR] [--offline]``; returns the exit status."""
     parser = add_download_arguments(

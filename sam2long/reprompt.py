@@ -195,17 +195,14 @@ class Reprompter:
             self.set_label(obj_id, max(matches, key=lambda m: (m[0], m[1].score))[1].label)
 
 
-def _prompt_box(state: dict, obj_idx: int, frame_idx: int) -> Optional[Box]:
+def _prompt_box(predictor: SAM2VideoPredictor, state: dict, obj_idx: int, frame_idx: int) -> Optional[Box]:
     """Box of an object's prompted mask on a frame (from the session)."""
     out = state["output_dict_per_obj"][obj_idx][COND].get(frame_idx)
     if out is None:
         out = state["temp_output_dict_per_obj"][obj_idx][COND].get(frame_idx)
     if out is None:
         return None
-    low_res = out["pred_masks"]
-    mask = torch.nn.functional.interpolate(
-        low_res.float(), size=(state["video_height"], state["video_width"]), mode="bilinear"
-    )
+    mask = predictor.video_res_masks(state, out["pred_masks"])
     return mask_box(mask[0, 0].cpu().numpy() > 0)
 
 
@@ -265,7 +262,7 @@ def propagate_with_reprompts(
 
         for obj_idx, obj_id in list(state["obj_idx_to_id"].items()):
             if rep.policy.same_class and not rep.knows_label(obj_id):
-                box = _prompt_box(state, obj_idx, frame_idx)
+                box = _prompt_box(predictor, state, obj_idx, frame_idx)
                 if box is not None:
                     rep.learn_label(obj_id, box, detect())
             reason = rep.due(obj_id)

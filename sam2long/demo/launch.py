@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from sam2long.models import add_model_arguments, model_files_from_args
+
 LOGGER = logging.getLogger("sam2long.demo")
 
 # The bundled example clip (present in a source checkout and an editable install).
@@ -28,19 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"video shown when a tab opens (default: the bundled example {EXAMPLE_VIDEO.name})",
     )
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", default="sam2.1-tiny", help="model name, fetched on first use (default: %(default)s)"
-    )
-    model.add_argument("--config", default=None, help="a SAM 2 hydra config instead of --model")
-    model.add_argument(
-        "--checkpoint", default=None, help="checkpoint file (with --config, or instead of the download)"
-    )
-    model.add_argument("--offline", action="store_true", help="never download; fail if not cached")
-    model.add_argument(
-        "--hydra_overrides", nargs="*", default=[], metavar="OVERRIDE", help="e.g. ++model.image_size=512"
-    )
-    model.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_model_arguments(parser)
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     server.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
@@ -61,20 +51,9 @@ def model_settings(args: argparse.Namespace):
     from sam2.build_sam import default_device
     from sam2long.demo.session import ModelSettings
 
+    config, checkpoint, name = model_files_from_args(args)
     device = str(args.device or default_device())
-    overrides = tuple(args.hydra_overrides)
-    if args.config is not None:
-        if args.checkpoint is None:
-            raise SystemExit("error: --config needs --checkpoint")
-        return ModelSettings(args.config, str(args.checkpoint), overrides, device, None)
-    from sam2long.models import fetch_checkpoint, resolve_model
-
-    try:
-        spec = resolve_model(args.model)
-        checkpoint = args.checkpoint or str(fetch_checkpoint(spec, offline=args.offline))
-    except (ValueError, RuntimeError, OSError) as error:
-        raise SystemExit(f"error: {error}") from error
-    return ModelSettings(spec.config, str(checkpoint), overrides, device, spec.name)
+    return ModelSettings(config, checkpoint, tuple(args.hydra_overrides), device, name)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
