@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import sam2  # noqa: F401  (registers the package as hydra's config module)
+from sam2.precision import check_dtype
 
 # Hugging Face model id -> (config name, checkpoint file name in that repo).
 HF_MODEL_ID_TO_FILENAMES: dict[str, tuple[str, str]] = {
@@ -94,16 +95,18 @@ def build_sam2(
     mode: str = "eval",
     hydra_overrides_extra: Sequence[str] = (),
     apply_postprocessing: bool = True,
+    dtype: str = "float32",
     **kwargs: Any,
 ) -> nn.Module:
     """Build a ``SAM2Base`` (image model) from a config name and optional checkpoint.
 
-    ``device=None`` picks CUDA when available, else CPU.
+    ``device=None`` picks CUDA when available, else CPU. ``dtype`` is the precision policy of the
+    predictors' calls (:mod:`sam2.precision`: ``"auto"``, ``"float32"`` as upstream, ``"bfloat16"``).
     """
     overrides = list(hydra_overrides_extra)
     if apply_postprocessing:
         overrides += _DYNAMIC_MULTIMASK_OVERRIDES
-    return _build(config_file, overrides, ckpt_path, device, mode)
+    return _build(config_file, overrides, ckpt_path, device, mode, {"dtype": check_dtype(dtype)})
 
 
 def build_sam2_video_predictor(
@@ -114,12 +117,14 @@ def build_sam2_video_predictor(
     hydra_overrides_extra: Sequence[str] = (),
     apply_postprocessing: bool = True,
     vos_optimized: bool = False,
+    dtype: str = "float32",
     **kwargs: Any,
 ) -> nn.Module:
     """Build a ``SAM2VideoPredictor`` (or the compiled VOS variant with ``vos_optimized``).
 
     With ``vos_optimized`` the image encoder is compiled only when the model goes to a CUDA
-    device (upstream always compiles, which is slow or unsupported elsewhere).
+    device (upstream always compiles, which is slow or unsupported elsewhere). ``dtype``: see
+    :func:`build_sam2`.
     """
     device = device if device is not None else default_device()
     extra = list(hydra_overrides_extra)
@@ -130,7 +135,7 @@ def build_sam2_video_predictor(
     else:
         target = "sam2.sam2_video_predictor.SAM2VideoPredictor"
     return _build_video_predictor(
-        config_file, ckpt_path, device, mode, extra, apply_postprocessing, target, model_kwargs=None
+        config_file, ckpt_path, device, mode, extra, apply_postprocessing, target, {"dtype": check_dtype(dtype)}
     )
 
 

@@ -15,6 +15,7 @@ from PIL.Image import Image
 from torch import Tensor
 
 from sam2.modeling.sam2_base import SAM2Base
+from sam2.precision import Precision, autocast_method
 from sam2.utils.transforms import SAM2Transforms
 
 # Point labels of a box's top-left and bottom-right corners in the prompt encoder.
@@ -67,6 +68,11 @@ class SAM2ImagePredictor:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def precision(self) -> Precision:
+        """The model's compute precision (:mod:`sam2.precision`; set by the builder's ``dtype``)."""
+        return self.model.precision
+
     def reset_predictor(self) -> None:
         """Forget the current image(s) and their embeddings."""
         self._is_image_set = False
@@ -77,6 +83,7 @@ class SAM2ImagePredictor:
     # ------------------------------------------------------------------ image embedding
 
     @torch.no_grad()
+    @autocast_method
     def set_image(self, image: Union[np.ndarray, Image]) -> None:
         """Embed one RGB image (numpy HWC with values in [0, 255], or a PIL image)."""
         self.reset_predictor()
@@ -92,6 +99,7 @@ class SAM2ImagePredictor:
         self._orig_hw = [orig_hw]
 
     @torch.no_grad()
+    @autocast_method
     def set_image_batch(self, image_list: list[np.ndarray]) -> None:
         """Embed a list of RGB numpy HWC images, for :meth:`predict_batch`."""
         self.reset_predictor()
@@ -264,6 +272,7 @@ class SAM2ImagePredictor:
         return masks, coords, labels, boxes
 
     @torch.no_grad()
+    @autocast_method
     def _predict(
         self,
         point_coords: Optional[Tensor],

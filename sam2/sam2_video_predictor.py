@@ -39,6 +39,7 @@ from tqdm import tqdm
 from sam2.engine import Candidates, FrameFeatures, NewMemories, PropagationCursor, Timeline
 from sam2.modeling.memory import ItemMemory
 from sam2.modeling.sam2_base import NO_OBJ_SCORE, SAM2Base
+from sam2.precision import autocast_method
 from sam2.utils.misc import (
     HEAP_RELEASE_EVERY,
     concat_points,
@@ -113,6 +114,7 @@ class SAM2VideoPredictor(SAM2Base):
     # ------------------------------------------------------------------ session
 
     @torch.inference_mode()
+    @autocast_method
     def init_state(
         self,
         video_path: Any,
@@ -309,6 +311,7 @@ class SAM2VideoPredictor(SAM2Base):
         return coords.to(device), point_labels.to(device)
 
     @torch.inference_mode()
+    @autocast_method
     def add_new_points_or_box(
         self,
         inference_state: InferenceState,
@@ -347,6 +350,7 @@ class SAM2VideoPredictor(SAM2Base):
         return self.add_new_points_or_box(*args, **kwargs)
 
     @torch.inference_mode()
+    @autocast_method
     def add_new_mask(
         self, inference_state: InferenceState, frame_idx: int, obj_id: Any, mask: Any
     ) -> tuple[int, list[Any], Tensor]:
@@ -525,6 +529,7 @@ class SAM2VideoPredictor(SAM2Base):
     # ------------------------------------------------------------------ propagation
 
     @torch.inference_mode()
+    @autocast_method
     def propagate_in_video_preflight(self, inference_state: InferenceState) -> None:
         """Finalize prompts before tracking: encode their memories and move them into the outputs."""
         num_objects = self._get_obj_num(inference_state)
@@ -604,6 +609,7 @@ class SAM2VideoPredictor(SAM2Base):
     def progress(self, inference_state: InferenceState, timeline: Timeline, desc: str) -> tqdm:
         """A progress bar over the timeline (frames/s and ETA; no total for a live stream)."""
         live = getattr(inference_state["images"], "live", False)
+        desc = f"{desc} [{self.precision.short}]"
         return tqdm(total=None if live else len(timeline), desc=desc, unit="frame")
 
     def _encode_prompted_output(
@@ -646,6 +652,7 @@ class SAM2VideoPredictor(SAM2Base):
         return Timeline.span(start_frame_idx, max_frame_num_to_track, reverse, num_frames)
 
     @torch.inference_mode()
+    @autocast_method
     def propagate_in_video(
         self,
         inference_state: InferenceState,
@@ -839,6 +846,7 @@ class SAM2VideoPredictor(SAM2Base):
     # ------------------------------------------------------------------ editing the session
 
     @torch.inference_mode()
+    @autocast_method
     def clear_all_prompts_in_frame(
         self, inference_state: InferenceState, frame_idx: int, obj_id: Any, need_output: bool = True
     ) -> Optional[tuple[int, list[Any], Tensor]]:
@@ -892,6 +900,7 @@ class SAM2VideoPredictor(SAM2Base):
                 obj_output_dict[NON_COND].clear()
 
     @torch.inference_mode()
+    @autocast_method
     def remove_object(
         self, inference_state: InferenceState, obj_id: Any, strict: bool = False, need_output: bool = True
     ) -> tuple[list[Any], list[tuple[int, Tensor]]]:

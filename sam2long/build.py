@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 import torch
 
 from sam2.build_sam import _build_video_predictor
+from sam2.precision import check_dtype
 from sam2long.config import SAM2LongConfig
 
 _TARGET = "sam2long.predictor.SAM2LongVideoPredictor"
@@ -26,6 +27,7 @@ def build_sam2long_video_predictor(
     hydra_overrides_extra: Sequence[str] = (),
     apply_postprocessing: bool = True,
     vos_optimized: bool = False,
+    dtype: str = "float32",
     **overrides: Any,
 ):
     """Build a SAM2Long video predictor from a SAM 2 config name and an official checkpoint.
@@ -45,6 +47,8 @@ def build_sam2long_video_predictor(
         mode: ``"eval"`` puts the model in eval mode.
         hydra_overrides_extra: extra hydra overrides (e.g. ``["++model.image_size=512"]``).
         apply_postprocessing: SAM 2's inference post-processing overrides.
+        dtype: precision policy of the predictor's calls (:mod:`sam2.precision`): ``"auto"``,
+            ``"float32"`` (upstream's default) or ``"bfloat16"``.
         vos_optimized: not supported (the compiled VOS predictor is SAM 2 only); raises ``ValueError``.
         **overrides: tree settings (``num_pathways``, ``iou_threshold``, ``uncertainty``,
             ``memory_modulation``, ``memory_selection``, ``eps``, ``max_lag``) applied over ``config``;
@@ -65,5 +69,10 @@ def build_sam2long_video_predictor(
         hydra_overrides_extra,
         apply_postprocessing,
         _TARGET,
-        model_kwargs={"sam2long": tree, "store_outputs": store_outputs, "batch_objects": batch_objects},
+        model_kwargs={
+            "sam2long": tree,
+            "store_outputs": store_outputs,
+            "batch_objects": batch_objects,
+            "dtype": check_dtype(dtype),
+        },
     )

@@ -274,6 +274,7 @@ def _run_live(args: argparse.Namespace) -> int:
     import dataclasses
 
     from sam2.build_sam import default_device
+    from sam2.precision import resolve_precision
     from sam2.utils.frame_sources import FrameSourceError
     from sam2long.config import config_from_args
     from sam2long.export import write_summary
@@ -307,7 +308,14 @@ def _run_live(args: argparse.Namespace) -> int:
         if tree.max_lag is None:
             tree = dataclasses.replace(tree, max_lag=args.live_max_lag)
     spec = TrackerSpec(
-        args.tracker, config_file, checkpoint, tree, args.preset, tuple(args.hydra_overrides), True
+        args.tracker,
+        config_file,
+        checkpoint,
+        tree,
+        args.preset,
+        tuple(args.hydra_overrides),
+        True,
+        dtype=args.dtype,
     )
     fps = args.fps or source.fps or 30.0
     try:
@@ -344,6 +352,7 @@ def _run_live(args: argparse.Namespace) -> int:
                 "max_lag": tree.max_lag if tree is not None else 0,
             },
             device=str(device),
+            precision=resolve_precision(args.dtype, device).summary(),
             model=model_name,
             config=config_file,
             checkpoint=str(checkpoint),
@@ -358,6 +367,7 @@ def _run_live(args: argparse.Namespace) -> int:
 
 def _run_file(args: argparse.Namespace) -> int:
     from sam2.build_sam import default_device
+    from sam2.precision import resolve_precision
     from sam2.utils.frame_sources import FrameSourceError, open_frame_source
     from sam2long.config import config_from_args
     from sam2long.models import model_files_from_args
@@ -377,12 +387,22 @@ def _run_file(args: argparse.Namespace) -> int:
     tree = config_from_args(args) if args.tracker == "sam2long" else None
     specs = [
         TrackerSpec(
-            args.tracker, config_file, checkpoint, tree, args.preset, tuple(args.hydra_overrides), True
+            args.tracker,
+            config_file,
+            checkpoint,
+            tree,
+            args.preset,
+            tuple(args.hydra_overrides),
+            True,
+            dtype=args.dtype,
         )
     ]
     if args.compare_sam2:
         specs.insert(
-            0, TrackerSpec("sam2", config_file, checkpoint, None, None, tuple(args.hydra_overrides), True)
+            0,
+            TrackerSpec(
+                "sam2", config_file, checkpoint, None, None, tuple(args.hydra_overrides), True, dtype=args.dtype
+            ),
         )
     fps = args.fps or getattr(source, "fps", None) or 24.0
     if args.detector is not None and args.direction != "forward":
@@ -420,6 +440,7 @@ def _run_file(args: argparse.Namespace) -> int:
         results,
         video=str(args.video),
         device=str(device),
+        precision=resolve_precision(args.dtype, device).summary(),
         model=model_name,
         config=config_file,
         checkpoint=str(checkpoint),

@@ -515,12 +515,14 @@ def build_model_by_name(
     device: Optional[Any] = None,
     checkpoint: Optional[Union[str, os.PathLike]] = None,
     offline: bool = False,
+    dtype: str = "auto",
     **kwargs: Any,
 ):
     """A video predictor for a model name: SAM2Long (``tracker="sam2long"``) or plain SAM 2 (``"sam2"``).
 
     The checkpoint is ``checkpoint`` when given, else :func:`fetch_checkpoint` (cache, download,
-    ``offline``). ``kwargs`` go to :func:`sam2long.build_sam2long_video_predictor` (tree settings,
+    ``offline``). ``dtype`` is the precision policy (:mod:`sam2.precision`; ``"auto"`` here, as on the
+    command line, where the upstream-named builders default to ``"float32"``). ``kwargs`` go to :func:`sam2long.build_sam2long_video_predictor` (tree settings,
     ``config=...``, hydra overrides) or :func:`sam2.build_sam.build_sam2_video_predictor`.
     """
     spec = _as_spec(name)
@@ -530,10 +532,10 @@ def build_model_by_name(
     if tracker == "sam2long":
         from sam2long.build import build_sam2long_video_predictor
 
-        return build_sam2long_video_predictor(spec.config, ckpt, device, **kwargs)
+        return build_sam2long_video_predictor(spec.config, ckpt, device, dtype=dtype, **kwargs)
     from sam2.build_sam import build_sam2_video_predictor
 
-    return build_sam2_video_predictor(spec.config, ckpt, device, **kwargs)
+    return build_sam2_video_predictor(spec.config, ckpt, device, dtype=dtype, **kwargs)
 
 
 # --- `sam2long download` ---------------------------------------------------------------------------
@@ -598,7 +600,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The ``model`` flags of the commands that run a model: ``--model`` by name, or ``--config`` +
-    ``--checkpoint``, ``--offline``, ``--hydra_overrides`` and ``--device``. Returns the group."""
+    ``--checkpoint``, ``--offline``, ``--hydra_overrides``, ``--device`` and ``--dtype``. Returns the group."""
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model", default="sam2.1-tiny", help="model name, fetched on first use (default: %(default)s)"
@@ -614,6 +616,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
         "--hydra_overrides", nargs="*", default=[], metavar="OVERRIDE", help="e.g. ++model.image_size=512"
     )
     model.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    from sam2.precision import add_dtype_argument
+
+    add_dtype_argument(model)
     return model
 
 

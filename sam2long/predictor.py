@@ -33,6 +33,7 @@ from torch import Tensor
 
 from sam2.engine import Candidates, FrameFeatures, NewMemories, Timeline
 from sam2.modeling.memory import ItemMemory, PointerMemory, SpatialMemory
+from sam2.precision import autocast_method
 from sam2.sam2_video_predictor import COND, InferenceState, SAM2VideoPredictor
 from sam2long.config import SAM2LongConfig
 from sam2long.memory_policy import memory_scores, modulation_weights, plan_memory
@@ -189,6 +190,7 @@ class SAM2LongVideoPredictor(SAM2VideoPredictor):
     # ------------------------------------------------------------------ propagation
 
     @torch.inference_mode()
+    @autocast_method
     def propagate_in_video(
         self,
         inference_state: InferenceState,

@@ -39,6 +39,7 @@ from sam2.modeling.sam2_utils import (
     get_1d_sine_pe,
     select_closest_cond_frames,
 )
+from sam2.precision import Precision, check_dtype, resolve_precision
 
 # Mask logit written over a whole frame whose object is predicted to be absent.
 NO_OBJ_SCORE = -1024.0
@@ -133,8 +134,12 @@ class SAM2Base(nn.Module):
         # extra keyword arguments for MaskDecoder (e.g. dynamic multimask via stability)
         sam_mask_decoder_extra_args: Optional[dict[str, Any]] = None,
         compile_image_encoder: bool = False,
+        # compute precision of the predictors' public calls: "auto" | "float32" | "bfloat16"
+        # (sam2.precision; not a config entry, builders pass it)
+        dtype: str = "float32",
     ) -> None:
         super().__init__()
+        self.requested_dtype = check_dtype(dtype)
         if proj_tpos_enc_in_obj_ptrs and not add_tpos_enc_to_obj_ptrs:
             raise ValueError("proj_tpos_enc_in_obj_ptrs requires add_tpos_enc_to_obj_ptrs")
         if fixed_no_obj_ptr and not (pred_obj_scores and use_obj_ptrs_in_encoder):
@@ -214,6 +219,11 @@ class SAM2Base(nn.Module):
     def device(self) -> torch.device:
         """Device of the model parameters."""
         return next(self.parameters()).device
+
+    @property
+    def precision(self) -> Precision:
+        """The compute precision of the predictors' calls on the model's current device."""
+        return resolve_precision(self.requested_dtype, self.device)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(

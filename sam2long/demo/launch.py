@@ -53,7 +53,7 @@ def model_settings(args: argparse.Namespace):
 
     config, checkpoint, name = model_files_from_args(args)
     device = str(args.device or default_device())
-    return ModelSettings(config, checkpoint, tuple(args.hydra_overrides), device, name)
+    return ModelSettings(config, checkpoint, tuple(args.hydra_overrides), device, name, args.dtype)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

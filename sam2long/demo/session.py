@@ -67,6 +67,7 @@ class ModelSettings:
     hydra_overrides: tuple[str, ...] = ()
     device: str = "cpu"
     name: Optional[str] = None  # model name, for the page
+    dtype: str = "float32"  # precision policy (sam2.precision); the command passes --dtype
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class DemoEngine:
                 self.model.device,
                 config=tree,
                 hydra_overrides_extra=self.hydra_overrides,
+                dtype=self.model.dtype,
             )
             self._sam2long[tree] = predictor
             while len(self._sam2long) > self.cache_size:
@@ -134,6 +136,7 @@ class DemoEngine:
                     self.model.checkpoint,
                     self.model.device,
                     hydra_overrides_extra=self.hydra_overrides,
+                    dtype=self.model.dtype,
                 )
             return self._sam2
 

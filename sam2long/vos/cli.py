@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from sam2.build_sam import default_device
+from sam2.precision import add_dtype_argument, resolve_precision
 from sam2long.config import SAM2LongConfig, add_config_arguments, config_from_args
 from sam2long.vos.dataset import DoneMarkers, VosInputError, list_video_names, resolve_shards, shard_of
 from sam2long.vos.run import LOGGER, RunOptions, Summary, run_dataset, summary_path
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch device (default: cuda:$LOCAL_RANK under torchrun, else cuda if available, else cpu)",
     )
+    add_dtype_argument(model)
 
     add_config_arguments(parser.add_argument_group("SAM2Long memory tree (--tracker sam2long)"))
 
@@ -168,6 +170,7 @@ def resolve_tracker(args: argparse.Namespace, tree_flags: Sequence[str] = ()) ->
         sam2_checkpoint=args.sam2_checkpoint,
         hydra_overrides=tuple(args.hydra_overrides),
         apply_postprocessing=args.apply_postprocessing,
+        dtype=args.dtype,
     )
     if args.tracker == "sam2":
         if tree_flags:
@@ -234,7 +237,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fingerprint = {**tracker.fingerprint(), **opts.fingerprint()}
     summary = Summary(
         summary_path(state_dir, args.summary_json, num_shards, shard_id),
-        {**fingerprint, "device": str(device), "num_shards": num_shards, "shard_id": shard_id},
+        {
+            **fingerprint,
+            "device": str(device),
+            "precision": resolve_precision(args.dtype, device).summary(),
+            "num_shards": num_shards,
+            "shard_id": shard_id,
+        },
     )
     return run_dataset(
         names,

@@ -122,13 +122,6 @@ class VideoStats:
         return dataclasses.asdict(self)
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CUDA, as upstream's VOS script; nothing elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def run_video(predictor: SAM2VideoPredictor, name: str, opts: RunOptions) -> tuple[VideoStats, list[str]]:
     """Track one video and write its masks; returns its statistics and the written files
     (relative to the video's output folder). Bad inputs raise :class:`VosInputError`."""
@@ -152,7 +145,7 @@ def run_video(predictor: SAM2VideoPredictor, name: str, opts: RunOptions) -> tup
     inputs = collect_inputs(folder, frame_names, opts.use_all_masks, opts.later_objects)
 
     files: list[str] = []
-    with torch.inference_mode(), _autocast(opts.device):
+    with torch.inference_mode():  # the predictor applies its own precision (--dtype)
         try:
             state = predictor.init_state(video_path=source, **opts.init_state_kwargs())
         except FrameSourceError as error:

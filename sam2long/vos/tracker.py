@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
+from sam2.precision import check_dtype
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 from sam2long.config import SAM2LongConfig
 
@@ -36,6 +37,7 @@ class TrackerSpec:
     hydra_overrides: tuple[str, ...] = ()
     apply_postprocessing: bool = False
     vos_optimized: bool = False
+    dtype: str = "float32"  # precision policy (sam2.precision): "auto", "float32" or "bfloat16"
 
     def __post_init__(self) -> None:
         if self.tracker not in TRACKERS:
@@ -46,6 +48,7 @@ class TrackerSpec:
             raise ValueError("the sam2 tracker takes no SAM2Long tree settings")
         if self.vos_optimized and self.tracker != "sam2":
             raise ValueError("the VOS-optimized video predictor is only available with the sam2 tracker")
+        check_dtype(self.dtype)
 
     def label(self) -> str:
         """Short human-readable name, for logs."""
@@ -68,6 +71,7 @@ class TrackerSpec:
             "checkpoint_bytes": checkpoint.stat().st_size if checkpoint.is_file() else None,
             "hydra_overrides": list(self.hydra_overrides),
             "apply_postprocessing": self.apply_postprocessing,
+            "dtype": self.dtype,
             **self.describe(),
         }
 
@@ -88,6 +92,7 @@ class TrackerSpec:
                 apply_postprocessing=self.apply_postprocessing,
                 hydra_overrides_extra=overrides,
                 vos_optimized=self.vos_optimized,
+                dtype=self.dtype,
             )
         from sam2long import build_sam2long_video_predictor
 
@@ -101,4 +106,5 @@ class TrackerSpec:
             store_outputs=False,
             hydra_overrides_extra=overrides,
             apply_postprocessing=self.apply_postprocessing,
+            dtype=self.dtype,
         )
