@@ -331,9 +331,10 @@ class _Propagation:
             features.vision_feats[-1].dtype,
         )
         candidates = self.model.decode_candidates(features, memory)
-        # One small host copy per frame for all the trees' decisions.
-        ious = candidates.ious.float().cpu()
-        obj_scores = candidates.object_score_logits.float().cpu()
+        # One small host copy per frame for all the trees' decisions, made in float32 whatever the
+        # network computed in: every row's candidate IoUs and its object-score logit.
+        host = torch.cat([candidates.ious.float(), candidates.object_score_logits.float()], dim=1).cpu()
+        ious, obj_scores = host[:, :-1], host[:, -1:]
 
         chosen: list[ChosenCandidate] = []
         reports: list[tuple[ObjectTrack, StepReport, RowMode, Optional[bool]]] = []

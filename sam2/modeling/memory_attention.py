@@ -106,6 +106,7 @@ class MemoryAttentionLayer(nn.Module):
         num_k_exclude_rope: int = 0,
         memory_key_scale: Optional[Tensor] = None,
         memory_key_mask: Optional[Tensor] = None,
+        rows_equal: bool = False,
     ) -> Tensor:
         """Update ``tgt`` tokens by attending to themselves and to ``memory``.
 
@@ -113,8 +114,14 @@ class MemoryAttentionLayer(nn.Module):
         batch-first) multiplies the cross-attention keys before their projection:
         ``k = (memory + pos) * scale``. Values are not scaled. ``None`` leaves keys untouched.
         ``memory_key_mask`` (``[B, N_mem]`` bool, True = attend) hides padded memory tokens.
+        ``rows_equal`` (batch-first ``tgt`` and ``query_pos`` whose rows are all the same): the
+        self-attention runs on the first row only and is broadcast, the same arithmetic per row.
         """
-        tgt = self._forward_sa(tgt, query_pos)
+        if rows_equal:
+            first_pos = None if query_pos is None else query_pos[:1]
+            tgt = self._forward_sa(tgt[:1], first_pos).expand_as(tgt)
+        else:
+            tgt = self._forward_sa(tgt, query_pos)
         tgt = self._forward_ca(
             tgt, memory, query_pos, pos, num_k_exclude_rope, memory_key_scale, memory_key_mask
         )
@@ -188,9 +195,21 @@ class MemoryAttention(nn.Module):
         if memory_key_mask is not None and not self.batch_first:
             raise ValueError("memory_key_mask needs batch_first=True")
 
-        output = curr
+        # Rows expanded from one frame (stride 0: every pathway and object of SAM2Long's batch) are
+        # equal until the first cross-attention, so the input and the first self-attention are
+        # computed once and broadcast.
+        batch = curr.shape[1]
+        rows_equal = (
+            self.batch_first
+            and batch > 1
+            and curr.stride(1) == 0
+            and (curr_pos is None or curr_pos.stride(1) == 0)
+        )
+        output = curr[:, :1] if rows_equal else curr
         if self.pos_enc_at_input and curr_pos is not None:
-            output = output + 0.1 * curr_pos
+            output = output + 0.1 * (curr_pos[:, :1] if rows_equal else curr_pos)
+        if rows_equal:
+            output = output.expand(-1, batch, -1)
 
         scale = memory_key_scale
         if self.batch_first:
@@ -202,8 +221,8 @@ class MemoryAttention(nn.Module):
             # Layers see sequence-first memory: bring the batch-first scale to that layout.
             scale = scale.reshape((1,) * (3 - scale.dim()) + tuple(scale.shape)).transpose(0, 1)
 
-        for layer in self.layers:
-            extra = {}
+        for i, layer in enumerate(self.layers):
+            extra = {"rows_equal": True} if rows_equal and i == 0 else {}
             if isinstance(layer.cross_attn_image, RoPEAttention):
                 extra["num_k_exclude_rope"] = num_obj_ptr_tokens
             if scale is not None:
