@@ -16,7 +16,6 @@ Example (CPU, tiny model, 256 px)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -28,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+
+from sam2.precision import add_dtype_argument, resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from propagation import SyntheticVideo, prompt_objects  # noqa: E402
@@ -61,6 +62,7 @@ def run_case(args: argparse.Namespace) -> dict:
         ckpt_path=args.checkpoint,
         device=device,
         hydra_overrides_extra=[f"++model.image_size={args.image_size}"],
+        dtype=args.dtype,
     )
     if args.mode == "sam2":
         predictor = build_sam2_video_predictor(args.config, **common)
@@ -69,10 +71,7 @@ def run_case(args: argparse.Namespace) -> dict:
     video = SyntheticVideo(args.num_frames, height=args.height, width=args.width)
     every = max(1, args.num_frames // 50)
     samples: list[tuple[int, int]] = []
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode():
         state = predictor.init_state(video)
         prompt_objects(predictor, state, video, 2)
         if device.type == "cuda":
@@ -157,6 +156,7 @@ def main() -> None:
     parser.add_argument("--modes", default="sam2,p3", help="sam2 and/or pN (SAM2Long with N pathways)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="long_video.png", help="PNG plot of memory vs frames")
+    add_dtype_argument(parser)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--num_frames", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -170,7 +170,8 @@ def main() -> None:
     )
     header = (
         f"{time.strftime('%Y-%m-%d')} | python {' '.join(sys.argv)} | {args.config} {args.image_size}px, "
-        f"2 objects, {args.device} ({device_name}, {os.cpu_count()} cores, torch {torch.__version__})"
+        f"2 objects, {args.device} ({device_name}, {os.cpu_count()} cores, torch {torch.__version__}), "
+        f"{resolve_precision(args.dtype, args.device).name}"
     )
     print(f"# {header}")
     print(
@@ -180,7 +181,7 @@ def main() -> None:
     for mode in args.modes.split(","):
         for num_frames in (int(n) for n in args.frames.split(",")):
             cmd = [sys.executable, __file__, "--mode", mode, "--num_frames", str(num_frames)]
-            for name in ("config", "image_size", "height", "width", "device"):
+            for name in ("config", "image_size", "height", "width", "device", "dtype"):
                 cmd += [f"--{name}", str(getattr(args, name))]
             if args.checkpoint:
                 cmd += ["--checkpoint", args.checkpoint]
