@@ -15,6 +15,11 @@ BEDROOM_DIR = TESTS_DIR / "assets" / "bedroom"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``cuda`` marker: the GPU subset run by ``benchmarks/gpu_check.sh`` (``-m cuda``)."""
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
+
+
 def random_state_dict(state_dict: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
     """Replace every float tensor with seeded random values of the same name, shape and dtype.
 
