@@ -70,7 +70,11 @@ class PositionEmbeddingSine(nn.Module):
         self.cache: Dict[Tuple[int, int], torch.Tensor] = {}
 
         if warmup_cache and torch.cuda.is_available():
-            device = torch.device("cuda")
+            # The device models are built on by default (the local rank's GPU under torchrun); a
+            # model used elsewhere moves the cache on first use (``_pe``).
+            from sam2.build_sam import default_device
+
+            device = torch.device(default_device())
             for stride in strides:
                 side = image_size // stride
                 self._pe(1, device, side, side)
@@ -139,9 +143,13 @@ class PositionEmbeddingSine(nn.Module):
         """Return the ``[B, C, H, W]`` encoding for ``cache_key == (H, W)``, using the cache."""
         height, width = cache_key
         key = (height, width)
-        if key not in self.cache:
-            self.cache[key] = self._grid(height, width, device)
-        return self.cache[key].to(device)[None].repeat(B, 1, 1, 1)
+        cached = self.cache.get(key)
+        if cached is None:
+            cached = self.cache[key] = self._grid(height, width, device)
+        elif cached.device != torch.device(device):
+            # The cache follows the model's device instead of being copied there on every call.
+            cached = self.cache[key] = cached.to(device)
+        return cached[None].repeat(B, 1, 1, 1)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -503,8 +503,8 @@ def load_video_frames(
     ``video_path`` may be a folder of JPEG/PNG frames, a video file (decoded with PyAV), an
     in-memory array / list of frames, or a ready :class:`FrameSource`. Each frame is resized to
     ``image_size x image_size`` (PIL, as upstream does for JPEG folders), scaled to [0, 1] and
-    normalized with ``img_mean`` / ``img_std``. Frames live on ``compute_device`` (default: CUDA
-    when available) unless ``offload_video_to_cpu``.
+    normalized with ``img_mean`` / ``img_std``. Frames live on ``compute_device`` (default:
+    :func:`sam2.build_sam.default_device`) unless ``offload_video_to_cpu``.
 
     Returns ``(images, video_height, video_width)``. By default ``images`` is a
     :class:`PrefetchingVideoFrames`: frames are decoded when first used into a small ring, with
@@ -520,7 +520,9 @@ def load_video_frames(
             "async_loading_frames or stream_frames, which ask for lazy loading"
         )
     if compute_device is None:
-        compute_device = "cuda" if torch.cuda.is_available() else "cpu"
+        from sam2.build_sam import default_device
+
+        compute_device = default_device()
     compute_device = torch.device(compute_device)
     source = open_frame_source(video_path)
     mean, std = _normalization_tensors(img_mean, img_std)
