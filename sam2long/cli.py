@@ -15,7 +15,9 @@ Each subcommand is a thin shell over library code (:mod:`sam2long.segment`, :mod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -230,14 +232,38 @@ def _box_source(args: argparse.Namespace):
     return source, policy
 
 
+def _first_missing_folder(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` (itself included) that does not exist yet, or None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_empty_folders(top: Path) -> None:
+    """Remove ``top`` and the folders below it, bottom up, as far as they are empty (no file is touched)."""
+    for folder, _, _ in os.walk(top, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
 def _run_segment(args: argparse.Namespace) -> int:
     from sam2long.live import is_stream_spec
 
-    if args.live or is_stream_spec(args.video):
-        return _run_live(args)
-    if args.out is None:
+    live = args.live or is_stream_spec(args.video)
+    if not live and args.out is None:
         raise SystemExit("error: --out is required (an output folder)")
-    return _run_file(args)
+    # a run that fails before it writes a frame removes the --out folders it created (never older ones)
+    created = _first_missing_folder(Path(args.out).absolute()) if args.out is not None else None
+    status = 1
+    try:
+        status = _run_live(args) if live else _run_file(args)
+    finally:
+        if status != 0 and created is not None:
+            _remove_empty_folders(created)
+    return status
 
 
 def _collect_prompts(args: argparse.Namespace) -> list:

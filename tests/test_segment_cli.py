@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import av
@@ -154,3 +155,29 @@ def test_bad_video_model_and_output_are_named(clip, model_args, tmp_path, capsys
     blocker.write_text("x")
     with pytest.raises(SystemExit, match="output folder .*file/out cannot be written"):
         main(["segment", str(clip), "--prompts", prompts, "--out", str(blocker / "out"), *model_args])
+
+
+def test_a_run_failing_before_its_first_frame_leaves_nothing_behind(
+    clip: Path, model_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a loopback port with nothing listening: the download fails
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("SAM2LONG_BASE_URL", f"http://127.0.0.1:{probe.getsockname()[1]}/sam2")
+    for var in ("SAM2LONG_OFFLINE", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SAM2LONG_CACHE", str(cache))
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(SystemExit, match="cannot download model 'sam2.1-tiny'.*--checkpoint FILE"):
+        main(["segment", str(clip), "--point", "10,10", "--out", str(out), "--model", "sam2.1-tiny"])
+    assert not (tmp_path / "a").exists()
+    assert not list(cache.rglob("*.lock")) and not list(cache.rglob("*.part"))
+
+    entries = [{"obj": 1, "frame": 99, "box": [1, 1, 9, 9]}]
+    bad = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, entries)), *model_args]
+    assert main([*bad, "--out", str(out)]) == 2  # fails in the tracker, after the folder was made
+    assert not (tmp_path / "a").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert main([*bad, "--out", str(existing)]) == 2
+    assert existing.is_dir()  # a folder that was there before the run is left alone
