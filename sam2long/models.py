@@ -617,12 +617,23 @@ def run_download(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class _ModelNameAction(argparse.Action):
+    """Stores ``--model`` and notes that it was given (its default must not hide a conflict)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.model_given = True
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The ``model`` flags of the commands that run a model: ``--model`` by name, or ``--config`` +
     ``--checkpoint``, ``--offline``, ``--hydra_overrides`` and ``--device``. Returns the group."""
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--model", default="sam2.1-tiny", help="model name, fetched on first use (default: %(default)s)"
+        "--model",
+        default="sam2.1-tiny",
+        action=_ModelNameAction,
+        help="model name, fetched on first use (default: %(default)s); not with --config",
     )
     model.add_argument("--config", default=None, help="a SAM 2 hydra config instead of --model")
     model.add_argument(
@@ -642,6 +653,12 @@ def model_files_from_args(args: argparse.Namespace) -> tuple[str, str, Optional[
     """``(config, checkpoint, model name)`` from :func:`add_model_arguments` flags, fetching the
     checkpoint into the cache on first use; a bad choice exits with a message."""
     if args.config is not None:
+        if getattr(args, "model_given", False):
+            raise SystemExit(
+                f"error: --model {args.model} and --config {args.config} both choose the model; give "
+                "--model NAME (with --checkpoint FILE for a local copy of its weights) or --config CFG "
+                "--checkpoint FILE"
+            )
         if args.checkpoint is None:
             raise SystemExit("error: --config needs --checkpoint")
         return args.config, str(args.checkpoint), None

@@ -181,3 +181,21 @@ def test_a_run_failing_before_its_first_frame_leaves_nothing_behind(
     existing.mkdir()
     assert main([*bad, "--out", str(existing)]) == 2
     assert existing.is_dir()  # a folder that was there before the run is left alone
+
+
+def test_model_with_config_is_refused(clip: Path, model_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "new" / "out"
+    argv = [
+        "segment",
+        str(clip),
+        "--point",
+        "10,10",
+        "--out",
+        str(out),
+        "--model",
+        "sam2.1-large",
+        *model_args,
+    ]
+    with pytest.raises(SystemExit, match="--model sam2.1-large and --config .* both choose the model"):
+        main(argv)
+    assert not (tmp_path / "new").exists()  # the folders the run created are gone
