@@ -109,6 +109,16 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--score_thresh", type=float, default=0.0, help="threshold on the mask logits (default: 0)"
     )
+    run.add_argument(
+        "--max_frames",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="track at most N frames, from the earliest prompted frame forwards; with --reverse back from "
+        "the latest prompted frame; with --both N each way from the earliest (upstream's "
+        "max_frame_num_to_track = N - 1 per direction). Every output and summary.json cover the tracked "
+        "frames only. A live stream stops after N stream frames",
+    )
     det = p.add_argument_group(
         "detector re-prompting ([yolo] extra)",
         "re-prompt a lost object with a detector's box of its class (forward propagation)",
@@ -156,7 +166,6 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
         help="when tracking is slower than the stream: drop the oldest waiting frame (cameras, URLs) or "
         "none (files given with --live); the default follows the source",
     )
-    live.add_argument("--max_frames", type=int, default=None, help="stop after this many stream frames")
     live.add_argument(
         "--live_max_lag",
         type=int,
@@ -164,6 +173,16 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="SAM2Long's max_lag on live streams when --max_lag is not given (default: %(default)s)",
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _command_line_prompts(items: Sequence[tuple]) -> list:
@@ -296,6 +315,20 @@ def _window(title: str):
     return show
 
 
+def _warn_outside(prompts: Sequence, frames: range, max_frames: Optional[int]) -> None:
+    """Warn about prompts on frames that ``--max_frames`` left out of the output."""
+    outside = sorted({p.frame_idx for p in prompts if p.frame_idx not in frames})
+    if max_frames is not None and outside:
+        LOGGER.warning(
+            "prompts on frame(s) %s lie outside the frames tracked with --max_frames %d (%d-%d): "
+            "their masks are not in the output",
+            ", ".join(map(str, outside)),
+            max_frames,
+            frames[0],
+            frames[-1],
+        )
+
+
 def _run_live(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -388,7 +421,7 @@ def _run_file(args: argparse.Namespace) -> int:
     from sam2long.config import config_from_args
     from sam2long.models import model_files_from_args
     from sam2long.prompts import PromptError
-    from sam2long.segment import summarize, track, write_outputs
+    from sam2long.segment import output_frames, summarize, track, write_outputs
     from sam2long.vos.tracker import TrackerSpec
 
     try:
@@ -430,6 +463,7 @@ def _run_file(args: argparse.Namespace) -> int:
                     args.score_thresh,
                     box_source,
                     policy,
+                    args.max_frames,
                 )
             )
             del predictor
@@ -438,12 +472,16 @@ def _run_file(args: argparse.Namespace) -> int:
         return 2
     main_result = results[-1]
     compare = results[0] if args.compare_sam2 else None
-    write_outputs(source, main_result, out, fps, compare)
+    frames = output_frames(results, len(source), args.max_frames)
+    _warn_outside(prompts, frames, args.max_frames)
+    write_outputs(source, main_result, out, fps, compare, frames)
     summarize(
         out / "summary.json",
         source,
         fps,
         results,
+        frames,
+        max_frames=args.max_frames,
         video=str(args.video),
         device=str(device),
         model=model_name,
@@ -452,9 +490,9 @@ def _run_file(args: argparse.Namespace) -> int:
         direction=args.direction,
         tracker=specs[-1].describe(),
     )
-    print(
-        f"wrote {len(source)} frames to {out} (overlay.mp4, masks/, palette/, masks_rle.json, summary.json)"
-    )
+    written = "overlay.mp4, masks/, palette/, masks_rle.json, summary.json"
+    span = f" ({frames[0]}-{frames[-1]} of {len(source)})" if len(frames) < len(source) else ""
+    print(f"wrote {len(frames)} frames{span} to {out} ({written})")
     return 0
 
 

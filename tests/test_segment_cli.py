@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def test_segment_writes_every_output(clip: Path, model_args: list[str], tmp_path
     assert summary["tracker"]["tracker"] == "sam2long" and summary["tracker"]["num_pathways"] == 2
     assert set(summary["trackers"]) == {"sam2", "sam2long"}
     assert summary["trackers"]["sam2long"]["frames_tracked"] == NUM_FRAMES
+    assert summary["frame_range"] == [0, NUM_FRAMES - 1] and summary["video_frames"] == NUM_FRAMES
     assert not list(out.rglob(".partial-*")), "no temporary file is left"
 
 
@@ -199,3 +201,97 @@ def test_model_with_config_is_refused(clip: Path, model_args: list[str], tmp_pat
     with pytest.raises(SystemExit, match="--model sam2.1-large and --config .* both choose the model"):
         main(argv)
     assert not (tmp_path / "new").exists()  # the folders the run created are gone
+
+
+def _decoded_frames(video: Path) -> int:
+    with av.open(str(video)) as container:
+        return sum(1 for _ in container.decode(container.streams.video[0]))
+
+
+def test_readme_quick_look_tracks_only_the_first_frames(
+    model_args: list[str], tmp_path: Path, capsys
+) -> None:
+    """The README's quick look, ``--max_frames 20`` on the bundled 90-frame clip (random weights here)."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    out = tmp_path / "out"
+    argv = ["segment", str(examples / "bedroom.mp4"), "--prompts", str(examples / "bedroom_prompts.json")]
+    assert main([*argv, "--out", str(out), "--max_frames", "20", *model_args]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"wrote 20 frames (0-19 of 90) to {out} (")
+
+    names = [f"{i:05d}" for i in range(20)]
+    for obj in ("001", "002"):
+        assert sorted(p.stem for p in (out / "masks" / obj).glob("*.png")) == names
+    assert sorted(p.stem for p in (out / "palette").glob("*.png")) == names
+    assert _decoded_frames(out / "overlay.mp4") == 20
+    rle = json.loads((out / "masks_rle.json").read_text())
+    assert [f["frame_idx"] for f in rle["frames"]] == list(range(20))
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["frames"], summary["frame_range"], summary["video_frames"]) == (20, [0, 19], 90)
+    assert summary["max_frames"] == 20 and summary["trackers"]["sam2long"]["frames_tracked"] == 20
+
+
+def test_max_frames_bounds_every_writer_with_a_comparison(clip: Path, model_args, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    prompts = [
+        {"obj": 1, "frame": 1, "points": [[198, 112]]},
+        {"obj": 2, "frame": 1, "box": [75, 65, 140, 200]},
+    ]
+    argv = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, prompts)), "--out", str(out)]
+    assert main([*argv, *model_args, "--max_frames", "3", "--num_pathways", "2", "--compare-sam2"]) == 0
+
+    names = ["00001", "00002", "00003"]
+    for masks in (out / "masks", out / "sam2" / "masks"):
+        for obj in ("001", "002"):
+            assert sorted(p.stem for p in (masks / obj).glob("*.png")) == names
+    assert sorted(p.stem for p in (out / "palette").glob("*.png")) == names
+    assert _decoded_frames(out / "overlay.mp4") == _decoded_frames(out / "compare.mp4") == 3
+    rle = json.loads((out / "masks_rle.json").read_text())
+    assert [(f["frame_idx"], f["frame_name"]) for f in rle["frames"]] == [(i, f"{i:05d}") for i in (1, 2, 3)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["frames"], summary["frame_range"], summary["video_frames"]) == (3, [1, 3], NUM_FRAMES)
+    assert {name: t["frames_tracked"] for name, t in summary["trackers"].items()} == {
+        "sam2": 3,
+        "sam2long": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    "direction, tracked, outside",
+    [("--reverse", ["00006", "00007"], "4"), ("--both", ["00003", "00004", "00005"], "7")],
+)
+def test_max_frames_counts_per_direction(
+    first_frames, model_args, tmp_path, caplog, direction, tracked, outside
+) -> None:
+    """--reverse: N frames back from the latest prompt; --both: N each way from the earliest."""
+    out = tmp_path / "out"
+    argv = ["segment", str(first_frames(8)), "--out", str(out), "--tracker", "sam2", direction]
+    argv += [
+        "--frame",
+        "4",
+        "--obj",
+        "1",
+        "--point",
+        "198,112",
+        "--frame",
+        "7",
+        "--obj",
+        "2",
+        "--box",
+        "75,65,140,200",
+    ]
+    with caplog.at_level(logging.WARNING, logger="sam2long"):
+        assert main([*argv, "--max_frames", "2", *model_args]) == 0
+    assert sorted(p.stem for p in (out / "masks" / "001").glob("*.png")) == tracked
+    assert sorted(p.stem for p in (out / "palette").glob("*.png")) == tracked
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frame_range"] == [int(tracked[0]), int(tracked[-1])]
+    assert summary["frames"] == summary["trackers"]["sam2"]["frames_tracked"] == len(tracked)
+    assert f"prompts on frame(s) {outside} lie outside the frames tracked with --max_frames 2" in caplog.text
+
+
+def test_max_frames_must_be_positive(clip: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["segment", str(clip), "--point", "10,10", "--out", str(tmp_path / "o"), "--max_frames", "0"])
+    assert exit_.value.code == 2
+    assert "--max_frames: expected an integer >= 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
