@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -84,7 +85,12 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
         "--obj", action=_PromptAction, metavar="ID", dest="cli_prompts", help="object of the next prompts"
     )
     model = add_model_arguments(p)
-    model.add_argument("--tracker", choices=("sam2", "sam2long"), default="sam2long")
+    model.add_argument(
+        "--tracker",
+        choices=("sam2", "sam2long"),
+        default="sam2long",
+        help="sam2long (the memory tree, the default) or sam2 (plain SAM 2)",
+    )
     model.add_argument(
         "--compare-sam2", dest="compare_sam2", action="store_true", help="also run SAM 2; side-by-side video"
     )
@@ -315,6 +321,20 @@ def _window(title: str):
     return show
 
 
+def _warn_empty(results: Sequence) -> None:
+    """Warn about a tracker that tracked no frame or objects whose masks are empty on every tracked frame."""
+    for result in results:
+        if result.frames_tracked == 0:
+            LOGGER.warning("%s tracked no frame", result.name)
+        elif result.empty_objects:
+            LOGGER.warning(
+                "%s: the mask of object(s) %s is empty on every tracked frame, the prompted one included; "
+                "check the prompts (video pixels), --score_thresh and the model",
+                result.name,
+                ", ".join(map(str, result.empty_objects)),
+            )
+
+
 def _warn_outside(prompts: Sequence, frames: range, max_frames: Optional[int]) -> None:
     """Warn about prompts on frames that ``--max_frames`` left out of the output."""
     outside = sorted({p.frame_idx for p in prompts if p.frame_idx not in frames})
@@ -386,6 +406,7 @@ def _run_live(args: argparse.Namespace) -> int:
         return 2
     finally:
         source.close()
+    _warn_empty([result])
     stats = source.stats
     if out is not None:
         write_summary(
@@ -473,6 +494,7 @@ def _run_file(args: argparse.Namespace) -> int:
     main_result = results[-1]
     compare = results[0] if args.compare_sam2 else None
     frames = output_frames(results, len(source), args.max_frames)
+    _warn_empty(results)
     _warn_outside(prompts, frames, args.max_frames)
     write_outputs(source, main_result, out, fps, compare, frames)
     summarize(
@@ -491,6 +513,8 @@ def _run_file(args: argparse.Namespace) -> int:
         tracker=specs[-1].describe(),
     )
     written = "overlay.mp4, masks/, palette/, masks_rle.json, summary.json"
+    if compare is not None:
+        written += ", compare.mp4, sam2/masks/"
     span = f" ({frames[0]}-{frames[-1]} of {len(source)})" if len(frames) < len(source) else ""
     print(f"wrote {len(frames)} frames{span} to {out} ({written})")
     return 0
@@ -508,9 +532,15 @@ _PASSTHROUGH = {
 _EVALUATORS = {"sav": "sav_dataset.sav_evaluator:main", "lvos": "sav_dataset.lvos_evaluator:main"}
 
 
+def _plain(text: str) -> str:
+    """reST markup as the terminal should show it: ``x`` and :role:`x` as x, a closing :: as :."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"::$", ":", text.replace("``", ""), flags=re.MULTILINE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sam2long", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="sam2long", description=_plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _segment_parser(sub)

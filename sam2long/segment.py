@@ -65,12 +65,19 @@ class TrackResult:
     detector_queries: int = 0
     first_frame: Optional[int] = None  # smallest and largest frame index tracked (None: no frame)
     last_frame: Optional[int] = None
+    visible: set[int] = field(default_factory=set)  # objects with a non-empty mask on some frame
 
     def add_frame(self, frame_idx: int, masks: dict[int, np.ndarray]) -> None:
-        """Count one tracked frame."""
+        """Count one tracked frame and note which objects it shows."""
         self.frames_tracked += 1
         self.first_frame = frame_idx if self.first_frame is None else min(self.first_frame, frame_idx)
         self.last_frame = frame_idx if self.last_frame is None else max(self.last_frame, frame_idx)
+        self.visible.update(obj_id for obj_id, mask in masks.items() if mask.any())
+
+    @property
+    def empty_objects(self) -> list[int]:
+        """Objects whose mask is empty on every tracked frame."""
+        return [obj_id for obj_id in self.obj_ids if obj_id not in self.visible]
 
     def summary(self) -> dict:
         """This tracker's entry in the run summary."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 from pathlib import Path
 
@@ -63,10 +64,12 @@ PROMPTS = [
 ]
 
 
-def test_segment_writes_every_output(clip: Path, model_args: list[str], tmp_path: Path) -> None:
+def test_segment_writes_every_output(clip: Path, model_args: list[str], tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     argv = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, PROMPTS)), "--out", str(out)]
     assert main([*argv, *model_args, "--num_pathways", "2", "--compare-sam2"]) == 0
+    last_line = capsys.readouterr().out.splitlines()[-1]
+    assert last_line.startswith(f"wrote {NUM_FRAMES} frames to {out} (") and "compare.mp4" in last_line
 
     names = [f"{i:05d}" for i in range(NUM_FRAMES)]
     for obj in ("001", "002"):
@@ -136,8 +139,6 @@ def test_command_line_prompts_and_frame_folders(
 def test_bad_prompts_are_named(clip, model_args, tmp_path, capsys, entries, message) -> None:
     argv = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, entries)), "--out", str(tmp_path / "o")]
     assert main([*argv, *model_args, "--tracker", "sam2"]) == 2
-    import re
-
     assert re.search(message, capsys.readouterr().err)
 
 
@@ -295,3 +296,26 @@ def test_max_frames_must_be_positive(clip: Path, tmp_path: Path, capsys) -> None
     assert exit_.value.code == 2
     assert "--max_frames: expected an integer >= 1, got '0'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_empty_masks_are_named(clip: Path, make_checkpoint, tmp_path: Path, caplog) -> None:
+    absent = make_checkpoint(CFG, seed=0, obj_score_bias=-10.0)  # every object predicted absent
+    argv = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, PROMPTS)), "--out", str(tmp_path / "o")]
+    argv += ["--config", CFG, "--checkpoint", str(absent), "--hydra_overrides", "++model.image_size=256"]
+    with caplog.at_level(logging.WARNING, logger="sam2long"):
+        assert main([*argv, "--device", "cpu", "--tracker", "sam2", "--max_frames", "2"]) == 0
+    assert "sam2: the mask of object(s) 1, 2 is empty on every tracked frame" in caplog.text
+
+
+def test_help_is_plain_text_and_explains_the_options(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "sam2long.segment" in text and "``" not in text and ":mod:" not in text
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--tracker {sam2,sam2long} sam2long (the memory tree, the default) or sam2 (plain SAM 2)" in text
+    assert "--max_frames N track at most N frames, from the earliest prompted frame forwards" in text
+    assert "Every output and summary.json cover the tracked frames only" in text
+    assert "not with --config" in text
