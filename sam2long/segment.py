@@ -5,6 +5,8 @@ as per-object PNGs (``masks/<obj_id:03d>/<frame>.png``, every file atomic) as th
 second pass then reads them in frame order and writes the palette PNGs, the overlay video and the
 COCO-RLE JSON. Memory stays bounded by one frame whatever the video length. With a comparison
 tracker (SAM 2 next to SAM2Long) its masks go to ``sam2/masks/`` and a side-by-side video is written.
+With ``max_frames`` each direction is bounded (:func:`propagate`) and every output covers only the
+tracked span (:func:`output_frames`).
 
 Output folder::
 
