@@ -74,7 +74,7 @@ class TrackResult:
         self.frames_tracked += 1
         self.first_frame = frame_idx if self.first_frame is None else min(self.first_frame, frame_idx)
         self.last_frame = frame_idx if self.last_frame is None else max(self.last_frame, frame_idx)
-        self.visible.update(obj_id for obj_id, mask in masks.items() if mask.any())
+        self.visible.update(o for o, mask in masks.items() if o not in self.visible and mask.any())
 
     @property
     def empty_objects(self) -> list[int]:
