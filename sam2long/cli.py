@@ -15,7 +15,10 @@ Each subcommand is a thin shell over library code (:mod:`sam2long.segment`, :mod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -82,7 +85,12 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
         "--obj", action=_PromptAction, metavar="ID", dest="cli_prompts", help="object of the next prompts"
     )
     model = add_model_arguments(p)
-    model.add_argument("--tracker", choices=("sam2", "sam2long"), default="sam2long")
+    model.add_argument(
+        "--tracker",
+        choices=("sam2", "sam2long"),
+        default="sam2long",
+        help="sam2long (the memory tree, the default) or sam2 (plain SAM 2)",
+    )
     model.add_argument(
         "--compare-sam2", dest="compare_sam2", action="store_true", help="also run SAM 2; side-by-side video"
     )
@@ -106,6 +114,16 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument(
         "--score_thresh", type=float, default=0.0, help="threshold on the mask logits (default: 0)"
+    )
+    run.add_argument(
+        "--max_frames",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="track at most N frames, from the earliest prompted frame forwards; with --reverse back from "
+        "the latest prompted frame; with --both N each way from the earliest (upstream's "
+        "max_frame_num_to_track = N - 1 per direction). Every output and summary.json cover the tracked "
+        "frames only. A live stream stops after N stream frames",
     )
     det = p.add_argument_group(
         "detector re-prompting ([yolo] extra)",
@@ -154,7 +172,6 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
         help="when tracking is slower than the stream: drop the oldest waiting frame (cameras, URLs) or "
         "none (files given with --live); the default follows the source",
     )
-    live.add_argument("--max_frames", type=int, default=None, help="stop after this many stream frames")
     live.add_argument(
         "--live_max_lag",
         type=int,
@@ -162,6 +179,16 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="SAM2Long's max_lag on live streams when --max_lag is not given (default: %(default)s)",
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _command_line_prompts(items: Sequence[tuple]) -> list:
@@ -230,14 +257,38 @@ def _box_source(args: argparse.Namespace):
     return source, policy
 
 
+def _first_missing_folder(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` (itself included) that does not exist yet, or None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_empty_folders(top: Path) -> None:
+    """Remove ``top`` and the folders below it, bottom up, as far as they are empty (no file is touched)."""
+    for folder, _, _ in os.walk(top, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
 def _run_segment(args: argparse.Namespace) -> int:
     from sam2long.live import is_stream_spec
 
-    if args.live or is_stream_spec(args.video):
-        return _run_live(args)
-    if args.out is None:
+    live = args.live or is_stream_spec(args.video)
+    if not live and args.out is None:
         raise SystemExit("error: --out is required (an output folder)")
-    return _run_file(args)
+    # a run that fails before it writes a frame removes the --out folders it created (never older ones)
+    created = _first_missing_folder(Path(args.out).absolute()) if args.out is not None else None
+    status = 1
+    try:
+        status = _run_live(args) if live else _run_file(args)
+    finally:
+        if status != 0 and created is not None:
+            _remove_empty_folders(created)
+    return status
 
 
 def _collect_prompts(args: argparse.Namespace) -> list:
@@ -268,6 +319,34 @@ def _window(title: str):
         return key not in (ord("q"), 27)
 
     return show
+
+
+def _warn_empty(results: Sequence) -> None:
+    """Warn about a tracker that tracked no frame or objects whose masks are empty on every tracked frame."""
+    for result in results:
+        if result.frames_tracked == 0:
+            LOGGER.warning("%s tracked no frame", result.name)
+        elif result.empty_objects:
+            LOGGER.warning(
+                "%s: the mask of object(s) %s is empty on every tracked frame, the prompted one included; "
+                "check the prompts (video pixels), --score_thresh and the model",
+                result.name,
+                ", ".join(map(str, result.empty_objects)),
+            )
+
+
+def _warn_outside(prompts: Sequence, frames: range, max_frames: Optional[int]) -> None:
+    """Warn about prompts on frames that ``--max_frames`` left out of the output."""
+    outside = sorted({p.frame_idx for p in prompts if p.frame_idx not in frames})
+    if max_frames is not None and outside:
+        LOGGER.warning(
+            "prompts on frame(s) %s lie outside the frames tracked with --max_frames %d (%d-%d): "
+            "their masks are not in the output",
+            ", ".join(map(str, outside)),
+            max_frames,
+            frames[0],
+            frames[-1],
+        )
 
 
 def _run_live(args: argparse.Namespace) -> int:
@@ -335,6 +414,7 @@ def _run_live(args: argparse.Namespace) -> int:
         return 2
     finally:
         source.close()
+    _warn_empty([result])
     stats = source.stats
     if out is not None:
         write_summary(
@@ -372,7 +452,7 @@ def _run_file(args: argparse.Namespace) -> int:
     from sam2long.config import config_from_args
     from sam2long.models import model_files_from_args
     from sam2long.prompts import PromptError
-    from sam2long.segment import summarize, track, write_outputs
+    from sam2long.segment import output_frames, summarize, track, write_outputs
     from sam2long.vos.tracker import TrackerSpec
 
     try:
@@ -424,6 +504,7 @@ def _run_file(args: argparse.Namespace) -> int:
                     args.score_thresh,
                     box_source,
                     policy,
+                    args.max_frames,
                 )
             )
             del predictor
@@ -432,12 +513,17 @@ def _run_file(args: argparse.Namespace) -> int:
         return 2
     main_result = results[-1]
     compare = results[0] if args.compare_sam2 else None
-    write_outputs(source, main_result, out, fps, compare)
+    frames = output_frames(results, len(source), args.max_frames)
+    _warn_empty(results)
+    _warn_outside(prompts, frames, args.max_frames)
+    write_outputs(source, main_result, out, fps, compare, frames)
     summarize(
         out / "summary.json",
         source,
         fps,
         results,
+        frames,
+        max_frames=args.max_frames,
         video=str(args.video),
         device=str(device),
         precision=resolve_precision(args.dtype, device).summary(),
@@ -447,9 +533,11 @@ def _run_file(args: argparse.Namespace) -> int:
         direction=args.direction,
         tracker=specs[-1].describe(),
     )
-    print(
-        f"wrote {len(source)} frames to {out} (overlay.mp4, masks/, palette/, masks_rle.json, summary.json)"
-    )
+    written = "overlay.mp4, masks/, palette/, masks_rle.json, summary.json"
+    if compare is not None:
+        written += ", compare.mp4, sam2/masks/"
+    span = f" ({frames[0]}-{frames[-1]} of {len(source)})" if len(frames) < len(source) else ""
+    print(f"wrote {len(frames)} frames{span} to {out} ({written})")
     return 0
 
 
@@ -465,9 +553,15 @@ _PASSTHROUGH = {
 _EVALUATORS = {"sav": "sav_dataset.sav_evaluator:main", "lvos": "sav_dataset.lvos_evaluator:main"}
 
 
+def _plain(text: str) -> str:
+    """reST markup as the terminal should show it: ``x`` and :role:`x` as x, a closing :: as :."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"::$", ":", text.replace("``", ""), flags=re.MULTILINE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sam2long", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="sam2long", description=_plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _segment_parser(sub)

@@ -270,11 +270,17 @@ def _unlink(*paths: Path) -> None:
             path.unlink()
 
 
-def _manual_hint(url: str, target: Path) -> str:
-    return (
-        f"download {url} by hand and place it at {target}, or run {_SCRIPT_HINT} "
-        f"and pass the file as checkpoint=... (or copy it to {target})"
+def _manual_hint(spec: ModelSpec, url: str, target: Path) -> str:
+    """Where to put a checkpoint fetched by hand, for Python and command-line users."""
+    hint = (
+        f"download {url} by hand (or run {_SCRIPT_HINT}) and either pass the file as --checkpoint FILE "
+        f"on the command line (checkpoint=FILE in Python) or copy it to {target}"
     )
+    if spec.sha256 is not None:
+        hint += " (only the official file: any other file there fails the sha256 check and is deleted)"
+    elif spec.size_bytes is not None:
+        hint += f" (a file there of another size than {spec.size_bytes} bytes is deleted)"
+    return hint
 
 
 def _verify_cached(spec: ModelSpec, path: Path) -> None:
@@ -307,18 +313,32 @@ def _verify_cached(spec: ModelSpec, path: Path) -> None:
 
 @contextlib.contextmanager
 def _download_lock(target: Path) -> Iterator[None]:
-    """Serialise downloads of one file across processes (e.g. torchrun ranks) with ``flock`` where available."""
+    """Serialise downloads of one file across processes (e.g. torchrun ranks) with ``flock`` where available.
+
+    The holder deletes ``<file>.lock`` before releasing it, so no lock file outlives a download
+    (failed or not); a waiter that wakes up on a deleted lock file locks the current one instead.
+    """
     try:
         import fcntl
     except ImportError:
         yield
         return
-    with open(target.with_name(target.name + ".lock"), "a+b") as fh:
+    lock = target.with_name(target.name + ".lock")
+    while True:
+        fh = open(lock, "a+b")
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            current = os.path.samestat(os.fstat(fh.fileno()), os.stat(lock))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        fh.close()  # the previous holder deleted this lock file: lock the one now at its path
+    try:
+        yield
+    finally:
+        _unlink(lock)
+        fh.close()
 
 
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
@@ -341,7 +361,8 @@ def _download(spec: ModelSpec, url: str, target: Path, progress: bool, timeout: 
     def unavailable(reason: str) -> CheckpointUnavailableError:
         kept = f"; the partial file {part} is kept and the next call resumes it" if part.exists() else ""
         return CheckpointUnavailableError(
-            f"cannot download model {spec.name!r} from {url}: {reason}{kept}; {_manual_hint(url, target)}"
+            f"cannot download model {spec.name!r} from {url}: {reason}{kept}; "
+            + _manual_hint(spec, url, target)
         )
 
     complete = False
@@ -494,7 +515,7 @@ def fetch_checkpoint(
     if offline:
         raise CheckpointUnavailableError(
             f"checkpoint of model {spec.name!r} is not in the cache ({target}) and offline mode is on "
-            f"(offline=True or ${ENV_OFFLINE}=1); {_manual_hint(url, target)}"
+            f"(--offline, offline=True or ${ENV_OFFLINE}=1); {_manual_hint(spec, url, target)}"
         )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -598,12 +619,23 @@ def run_download(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class _ModelNameAction(argparse.Action):
+    """Stores ``--model`` and notes that it was given (its default must not hide a conflict)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.model_given = True
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The ``model`` flags of the commands that run a model: ``--model`` by name, or ``--config`` +
     ``--checkpoint``, ``--offline``, ``--hydra_overrides``, ``--device`` and ``--dtype``. Returns the group."""
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--model", default="sam2.1-tiny", help="model name, fetched on first use (default: %(default)s)"
+        "--model",
+        default="sam2.1-tiny",
+        action=_ModelNameAction,
+        help="model name, fetched on first use (default: %(default)s); not with --config",
     )
     model.add_argument("--config", default=None, help="a SAM 2 hydra config instead of --model")
     model.add_argument(
@@ -626,6 +658,12 @@ def model_files_from_args(args: argparse.Namespace) -> tuple[str, str, Optional[
     """``(config, checkpoint, model name)`` from :func:`add_model_arguments` flags, fetching the
     checkpoint into the cache on first use; a bad choice exits with a message."""
     if args.config is not None:
+        if getattr(args, "model_given", False):
+            raise SystemExit(
+                f"error: --model {args.model} and --config {args.config} both choose the model; give "
+                "--model NAME (with --checkpoint FILE for a local copy of its weights) or --config CFG "
+                "--checkpoint FILE"
+            )
         if args.checkpoint is None:
             raise SystemExit("error: --config needs --checkpoint")
         return args.config, str(args.checkpoint), None

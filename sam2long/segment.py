@@ -5,6 +5,8 @@ as per-object PNGs (``masks/<obj_id:03d>/<frame>.png``, every file atomic) as th
 second pass then reads them in frame order and writes the palette PNGs, the overlay video and the
 COCO-RLE JSON. Memory stays bounded by one frame whatever the video length. With a comparison
 tracker (SAM 2 next to SAM2Long) its masks go to ``sam2/masks/`` and a side-by-side video is written.
+With ``max_frames`` each direction is bounded (:func:`propagate`) and every output covers only the
+tracked span (:func:`output_frames`).
 
 Output folder::
 
@@ -63,6 +65,21 @@ class TrackResult:
     obj_ids: list[int] = field(default_factory=list)
     reprompts: Optional[list[dict]] = None  # with a detector: every re-prompt (frame, object, box, score)
     detector_queries: int = 0
+    first_frame: Optional[int] = None  # smallest and largest frame index tracked (None: no frame)
+    last_frame: Optional[int] = None
+    visible: set[int] = field(default_factory=set)  # objects with a non-empty mask on some frame
+
+    def add_frame(self, frame_idx: int, masks: dict[int, np.ndarray]) -> None:
+        """Count one tracked frame and note which objects it shows."""
+        self.frames_tracked += 1
+        self.first_frame = frame_idx if self.first_frame is None else min(self.first_frame, frame_idx)
+        self.last_frame = frame_idx if self.last_frame is None else max(self.last_frame, frame_idx)
+        self.visible.update(o for o, mask in masks.items() if o not in self.visible and mask.any())
+
+    @property
+    def empty_objects(self) -> list[int]:
+        """Objects whose mask is empty on every tracked frame."""
+        return [obj_id for obj_id in self.obj_ids if obj_id not in self.visible]
 
     def summary(self) -> dict:
         """This tracker's entry in the run summary."""
@@ -77,21 +94,39 @@ class TrackResult:
         return entry
 
 
+def max_frame_num_to_track(max_frames: Optional[int]) -> Optional[int]:
+    """Upstream's ``max_frame_num_to_track`` for at most ``max_frames`` frames per direction, the
+    start frame included (upstream counts the frames after it)."""
+    if max_frames is None:
+        return None
+    if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+        raise ValueError(f"max_frames must be a positive int, got {max_frames!r}")
+    return max_frames - 1
+
+
 def propagate(
-    predictor: SAM2VideoPredictor, state: Any, direction: str
+    predictor: SAM2VideoPredictor, state: Any, direction: str, max_frames: Optional[int] = None
 ) -> Iterator[tuple[int, list[Any], torch.Tensor]]:
     """Propagation in ``direction``: forward from the earliest prompted frame, reverse from the latest,
-    or both (forward, then reverse from the earliest; that frame is yielded once)."""
+    or both (forward, then reverse from the earliest; that frame is yielded once). ``max_frames``
+    bounds each direction to that many frames, its start frame included (``None``: to the video's end)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    limit = max_frame_num_to_track(max_frames)
     predictor.propagate_in_video_preflight(state)
     prompted = sorted({f for out in state["output_dict_per_obj"].values() for f in out["cond_frame_outputs"]})
     if direction in ("forward", "both"):
-        yield from predictor.propagate_in_video(state, start_frame_idx=prompted[0])
+        yield from predictor.propagate_in_video(
+            state, start_frame_idx=prompted[0], max_frame_num_to_track=limit
+        )
     if direction == "reverse":
-        yield from predictor.propagate_in_video(state, start_frame_idx=prompted[-1], reverse=True)
+        yield from predictor.propagate_in_video(
+            state, start_frame_idx=prompted[-1], max_frame_num_to_track=limit, reverse=True
+        )
     if direction == "both":
-        for item in predictor.propagate_in_video(state, start_frame_idx=prompted[0], reverse=True):
+        for item in predictor.propagate_in_video(
+            state, start_frame_idx=prompted[0], max_frame_num_to_track=limit, reverse=True
+        ):
             if item[0] != prompted[0]:
                 yield item
 
@@ -106,9 +141,11 @@ def track(
     score_thresh: float = 0.0,
     box_source: Optional[BoxSource] = None,
     policy: Optional[RepromptPolicy] = None,
+    max_frames: Optional[int] = None,
 ) -> TrackResult:
     """Track ``prompts`` through ``source`` and write per-object mask PNGs as frames are emitted;
-    with ``box_source`` (forward only) lost objects are re-prompted by ``policy``."""
+    with ``box_source`` (forward only) lost objects are re-prompted by ``policy``. ``max_frames``
+    bounds each direction (see :func:`propagate`)."""
     result = TrackResult(name, out_dir / "masks")
     writer = PerObjectPngWriter(result.masks_dir)
     with torch.inference_mode():
@@ -116,18 +153,25 @@ def track(
         apply_prompts(predictor, state, prompts)
         start = time.perf_counter()
         if box_source is None:
-            frames = propagate(predictor, state, direction)
+            frames = propagate(predictor, state, direction, max_frames)
         else:
             if direction != "forward":
                 raise ValueError(f"detector re-prompting runs forward only, not {direction!r}")
             reprompter = Reprompter(policy or RepromptPolicy())
             frames = propagate_with_reprompts(
-                predictor, state, source, box_source, reprompter.policy, reprompter
+                predictor,
+                state,
+                source,
+                box_source,
+                reprompter.policy,
+                reprompter,
+                max_frame_num_to_track=max_frame_num_to_track(max_frames),
             )
         for frame_idx, obj_ids, logits in frames:
             masks = (logits > score_thresh).cpu().numpy()[:, 0]
-            writer.write(source.frame_names[frame_idx], {int(o): masks[i] for i, o in enumerate(obj_ids)})
-            result.frames_tracked += 1
+            per_object = {int(o): masks[i] for i, o in enumerate(obj_ids)}
+            writer.write(source.frame_names[frame_idx], per_object)
+            result.add_frame(frame_idx, per_object)
         result.seconds = time.perf_counter() - start
         result.obj_ids = [int(i) for i in state["obj_ids"]]
         if box_source is not None:
@@ -171,7 +215,7 @@ def track_live(
             if writer is not None:
                 writer.write(source.frame_names[frame_idx], per_object)
                 overlay.write(frame, per_object)
-            result.frames_tracked += 1
+            result.add_frame(frame_idx, per_object)
             if show is not None and not show(draw_overlay(frame, per_object)):
                 break
         result.seconds = time.perf_counter() - start
@@ -188,15 +232,25 @@ def read_frame_masks(masks_dir: Path, obj_ids: Sequence[int], frame_name: str, s
     return masks
 
 
+def output_frames(results: Sequence[TrackResult], num_frames: int, max_frames: Optional[int]) -> range:
+    """The frames a run writes: every frame of the video, or with ``max_frames`` the span the
+    trackers tracked (every frame again if they tracked none)."""
+    tracked = [r for r in results if r.first_frame is not None]
+    if max_frames is None or not tracked:
+        return range(num_frames)
+    return range(min(r.first_frame for r in tracked), max(r.last_frame for r in tracked) + 1)
+
+
 def write_outputs(
     source: FrameSource,
     result: TrackResult,
     out_dir: Path,
     fps: float,
     compare: Optional[TrackResult] = None,
+    frames: Optional[Sequence[int]] = None,
 ) -> None:
-    """Second pass in frame order: palette PNGs, the overlay video, COCO RLE (and the comparison
-    video). On an error no video or RLE file is left half-written."""
+    """Second pass in frame order over ``frames`` (default: all): palette PNGs, the overlay video,
+    COCO RLE (and the comparison video). On an error no video or RLE file is left half-written."""
     height, width = source.size
     size = (height, width)
     palette = PalettePngWriter(out_dir / "palette")
@@ -210,7 +264,8 @@ def write_outputs(
                     out_dir / "compare.mp4", fps, size, left_title=compare.name, right_title=result.name
                 )
             )
-        for frame_idx, name in enumerate(source.frame_names):
+        for frame_idx in range(len(source)) if frames is None else frames:
+            name = source.frame_names[frame_idx]
             masks = read_frame_masks(result.masks_dir, result.obj_ids, name, size)
             frame = source.get(frame_idx)
             palette.write(name, masks)
@@ -223,12 +278,20 @@ def write_outputs(
 
 
 def summarize(
-    path: Path, source: FrameSource, fps: float, results: Sequence[TrackResult], **settings: Any
+    path: Path,
+    source: FrameSource,
+    fps: float,
+    results: Sequence[TrackResult],
+    frames: Optional[Sequence[int]] = None,
+    **settings: Any,
 ) -> None:
-    """The run summary JSON."""
+    """The run summary JSON; ``frames`` are the frames written (default: all)."""
+    frames = range(len(source)) if frames is None else frames
     write_summary(
         path,
-        frames=len(source),
+        frames=len(frames),
+        frame_range=[frames[0], frames[-1]] if len(frames) else None,
+        video_frames=len(source),
         frame_size=list(source.size),
         fps=fps,
         trackers={r.name: r.summary() for r in results},

@@ -334,7 +334,7 @@ def test_corrupted_download_is_deleted_and_names_file_and_digests(
     target = tmp_path / "checkpoints" / "test-tiny.pt"
     assert str(target) in message
     assert f"expected {DIGEST}" in message and hashlib.sha256(corrupted).hexdigest() in message
-    assert list(target.parent.iterdir()) == [target.with_name("test-tiny.pt.lock")]  # no final, no .part
+    assert list(target.parent.iterdir()) == []  # no final file, no .part, no lock file
 
     assert fetch(spec, server, tmp_path).read_bytes() == DATA  # the next call downloads it again
 
@@ -389,6 +389,36 @@ def test_waits_for_a_concurrent_download_and_uses_its_file(server: ServerState, 
     worker.join(timeout=10)
     assert not worker.is_alive() and result == [target]
     assert server.requests == []
+    assert not target.with_name("test-tiny.pt.lock").exists()  # the last holder deletes it
+
+
+def test_a_waiter_woken_on_a_deleted_lock_file_waits_for_the_current_one(
+    server: ServerState, tmp_path: Path
+) -> None:
+    import fcntl
+
+    spec = make_spec()
+    server.serve(spec)
+    target = checkpoint_path(spec, cache=tmp_path)
+    target.parent.mkdir(parents=True)
+    lock_path = target.with_name("test-tiny.pt.lock")
+    result: list = []
+    with open(lock_path, "a+b") as first:
+        fcntl.flock(first, fcntl.LOCK_EX)
+        worker = threading.Thread(target=lambda: result.append(fetch(spec, server, tmp_path)), daemon=True)
+        worker.start()
+        worker.join(timeout=0.5)
+        lock_path.unlink()  # the first holder finishes as fetch_checkpoint does: delete, then release
+        with open(lock_path, "a+b") as second:
+            fcntl.flock(second, fcntl.LOCK_EX)  # a third process locks the new lock file meanwhile
+            fcntl.flock(first, fcntl.LOCK_UN)
+            worker.join(timeout=0.5)
+            assert worker.is_alive() and server.requests == []  # it waits for the current lock file
+            target.write_bytes(DATA)
+            fcntl.flock(second, fcntl.LOCK_UN)
+    worker.join(timeout=10)
+    assert not worker.is_alive() and result == [target]
+    assert server.requests == [] and not lock_path.exists()
 
 
 @pytest.mark.parametrize("how", ["argument", "environment"])
@@ -403,7 +433,9 @@ def test_offline_without_the_file_names_url_and_path(
         fetch(spec, server, tmp_path, offline=how == "argument")
     message = str(err.value)
     assert "offline" in message and url in message
-    assert f"place it at {tmp_path / 'checkpoints' / 'test-tiny.pt'}" in message
+    assert f"copy it to {tmp_path / 'checkpoints' / 'test-tiny.pt'}" in message
+    assert "--checkpoint FILE on the command line (checkpoint=FILE in Python)" in message
+    assert "any other file there fails the sha256 check and is deleted" in message
     assert server.requests == []
     assert not (tmp_path / "checkpoints").exists()
 
@@ -451,6 +483,19 @@ def test_network_failures_name_url_path_and_the_script(server: ServerState, tmp_
         fetch_checkpoint(spec, cache=tmp_path, base_url=closed, progress=False, timeout=5)
     assert f"{closed}/092824/test-tiny.pt" in str(err.value) and str(target) in str(err.value)
     assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # a failed download leaves no lock file
+
+
+def test_the_hand_placement_hint_says_what_is_checked(tmp_path: Path) -> None:
+    for spec, says in (
+        (make_spec(sha256=None), "a file there of another size than"),
+        (make_spec(sha256=None, size_bytes=None), None),
+    ):
+        with pytest.raises(CheckpointUnavailableError) as err:
+            fetch_checkpoint(spec, cache=tmp_path, offline=True)
+        message = str(err.value)
+        assert "--checkpoint FILE" in message and "sha256 check" not in message
+        assert (says in message) if says else "deleted" not in message
 
 
 # --- the checkpoint loader --------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import socket
 from pathlib import Path
 
 import av
@@ -61,10 +64,12 @@ PROMPTS = [
 ]
 
 
-def test_segment_writes_every_output(clip: Path, model_args: list[str], tmp_path: Path) -> None:
+def test_segment_writes_every_output(clip: Path, model_args: list[str], tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     argv = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, PROMPTS)), "--out", str(out)]
     assert main([*argv, *model_args, "--num_pathways", "2", "--compare-sam2"]) == 0
+    last_line = capsys.readouterr().out.splitlines()[-1]
+    assert last_line.startswith(f"wrote {NUM_FRAMES} frames to {out} (") and "compare.mp4" in last_line
 
     names = [f"{i:05d}" for i in range(NUM_FRAMES)]
     for obj in ("001", "002"):
@@ -100,6 +105,7 @@ def test_segment_writes_every_output(clip: Path, model_args: list[str], tmp_path
     assert summary["tracker"]["tracker"] == "sam2long" and summary["tracker"]["num_pathways"] == 2
     assert set(summary["trackers"]) == {"sam2", "sam2long"}
     assert summary["trackers"]["sam2long"]["frames_tracked"] == NUM_FRAMES
+    assert summary["frame_range"] == [0, NUM_FRAMES - 1] and summary["video_frames"] == NUM_FRAMES
     assert not list(out.rglob(".partial-*")), "no temporary file is left"
 
 
@@ -133,8 +139,6 @@ def test_command_line_prompts_and_frame_folders(
 def test_bad_prompts_are_named(clip, model_args, tmp_path, capsys, entries, message) -> None:
     argv = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, entries)), "--out", str(tmp_path / "o")]
     assert main([*argv, *model_args, "--tracker", "sam2"]) == 2
-    import re
-
     assert re.search(message, capsys.readouterr().err)
 
 
@@ -154,3 +158,164 @@ def test_bad_video_model_and_output_are_named(clip, model_args, tmp_path, capsys
     blocker.write_text("x")
     with pytest.raises(SystemExit, match="output folder .*file/out cannot be written"):
         main(["segment", str(clip), "--prompts", prompts, "--out", str(blocker / "out"), *model_args])
+
+
+def test_a_run_failing_before_its_first_frame_leaves_nothing_behind(
+    clip: Path, model_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a loopback port with nothing listening: the download fails
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("SAM2LONG_BASE_URL", f"http://127.0.0.1:{probe.getsockname()[1]}/sam2")
+    for var in ("SAM2LONG_OFFLINE", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SAM2LONG_CACHE", str(cache))
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(SystemExit, match="cannot download model 'sam2.1-tiny'.*--checkpoint FILE"):
+        main(["segment", str(clip), "--point", "10,10", "--out", str(out), "--model", "sam2.1-tiny"])
+    assert not (tmp_path / "a").exists()
+    assert not list(cache.rglob("*.lock")) and not list(cache.rglob("*.part"))
+
+    entries = [{"obj": 1, "frame": 99, "box": [1, 1, 9, 9]}]
+    bad = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, entries)), *model_args]
+    assert main([*bad, "--out", str(out)]) == 2  # fails in the tracker, after the folder was made
+    assert not (tmp_path / "a").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert main([*bad, "--out", str(existing)]) == 2
+    assert existing.is_dir()  # a folder that was there before the run is left alone
+
+
+def test_model_with_config_is_refused(clip: Path, model_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "new" / "out"
+    argv = [
+        "segment",
+        str(clip),
+        "--point",
+        "10,10",
+        "--out",
+        str(out),
+        "--model",
+        "sam2.1-large",
+        *model_args,
+    ]
+    with pytest.raises(SystemExit, match="--model sam2.1-large and --config .* both choose the model"):
+        main(argv)
+    assert not (tmp_path / "new").exists()  # the folders the run created are gone
+
+
+def _decoded_frames(video: Path) -> int:
+    with av.open(str(video)) as container:
+        return sum(1 for _ in container.decode(container.streams.video[0]))
+
+
+def test_readme_quick_look_tracks_only_the_first_frames(
+    model_args: list[str], tmp_path: Path, capsys
+) -> None:
+    """The README's quick look, ``--max_frames 20`` on the bundled 90-frame clip (random weights here)."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    out = tmp_path / "out"
+    argv = ["segment", str(examples / "bedroom.mp4"), "--prompts", str(examples / "bedroom_prompts.json")]
+    assert main([*argv, "--out", str(out), "--max_frames", "20", *model_args]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"wrote 20 frames (0-19 of 90) to {out} (")
+
+    names = [f"{i:05d}" for i in range(20)]
+    for obj in ("001", "002"):
+        assert sorted(p.stem for p in (out / "masks" / obj).glob("*.png")) == names
+    assert sorted(p.stem for p in (out / "palette").glob("*.png")) == names
+    assert _decoded_frames(out / "overlay.mp4") == 20
+    rle = json.loads((out / "masks_rle.json").read_text())
+    assert [f["frame_idx"] for f in rle["frames"]] == list(range(20))
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["frames"], summary["frame_range"], summary["video_frames"]) == (20, [0, 19], 90)
+    assert summary["max_frames"] == 20 and summary["trackers"]["sam2long"]["frames_tracked"] == 20
+
+
+def test_max_frames_bounds_every_writer_with_a_comparison(clip: Path, model_args, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    prompts = [
+        {"obj": 1, "frame": 1, "points": [[198, 112]]},
+        {"obj": 2, "frame": 1, "box": [75, 65, 140, 200]},
+    ]
+    argv = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, prompts)), "--out", str(out)]
+    assert main([*argv, *model_args, "--max_frames", "3", "--num_pathways", "2", "--compare-sam2"]) == 0
+
+    names = ["00001", "00002", "00003"]
+    for masks in (out / "masks", out / "sam2" / "masks"):
+        for obj in ("001", "002"):
+            assert sorted(p.stem for p in (masks / obj).glob("*.png")) == names
+    assert sorted(p.stem for p in (out / "palette").glob("*.png")) == names
+    assert _decoded_frames(out / "overlay.mp4") == _decoded_frames(out / "compare.mp4") == 3
+    rle = json.loads((out / "masks_rle.json").read_text())
+    assert [(f["frame_idx"], f["frame_name"]) for f in rle["frames"]] == [(i, f"{i:05d}") for i in (1, 2, 3)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["frames"], summary["frame_range"], summary["video_frames"]) == (3, [1, 3], NUM_FRAMES)
+    assert {name: t["frames_tracked"] for name, t in summary["trackers"].items()} == {
+        "sam2": 3,
+        "sam2long": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    "direction, tracked, outside",
+    [("--reverse", ["00006", "00007"], "4"), ("--both", ["00003", "00004", "00005"], "7")],
+)
+def test_max_frames_counts_per_direction(
+    first_frames, model_args, tmp_path, caplog, direction, tracked, outside
+) -> None:
+    """--reverse: N frames back from the latest prompt; --both: N each way from the earliest."""
+    out = tmp_path / "out"
+    argv = ["segment", str(first_frames(8)), "--out", str(out), "--tracker", "sam2", direction]
+    argv += [
+        "--frame",
+        "4",
+        "--obj",
+        "1",
+        "--point",
+        "198,112",
+        "--frame",
+        "7",
+        "--obj",
+        "2",
+        "--box",
+        "75,65,140,200",
+    ]
+    with caplog.at_level(logging.WARNING, logger="sam2long"):
+        assert main([*argv, "--max_frames", "2", *model_args]) == 0
+    assert sorted(p.stem for p in (out / "masks" / "001").glob("*.png")) == tracked
+    assert sorted(p.stem for p in (out / "palette").glob("*.png")) == tracked
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frame_range"] == [int(tracked[0]), int(tracked[-1])]
+    assert summary["frames"] == summary["trackers"]["sam2"]["frames_tracked"] == len(tracked)
+    assert f"prompts on frame(s) {outside} lie outside the frames tracked with --max_frames 2" in caplog.text
+
+
+def test_max_frames_must_be_positive(clip: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["segment", str(clip), "--point", "10,10", "--out", str(tmp_path / "o"), "--max_frames", "0"])
+    assert exit_.value.code == 2
+    assert "--max_frames: expected an integer >= 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_masks_are_named(clip: Path, make_checkpoint, tmp_path: Path, caplog) -> None:
+    absent = make_checkpoint(CFG, seed=0, obj_score_bias=-10.0)  # every object predicted absent
+    argv = ["segment", str(clip), "--prompts", str(_prompts(tmp_path, PROMPTS)), "--out", str(tmp_path / "o")]
+    argv += ["--config", CFG, "--checkpoint", str(absent), "--hydra_overrides", "++model.image_size=256"]
+    with caplog.at_level(logging.WARNING, logger="sam2long"):
+        assert main([*argv, "--device", "cpu", "--tracker", "sam2", "--max_frames", "2"]) == 0
+    assert "sam2: the mask of object(s) 1, 2 is empty on every tracked frame" in caplog.text
+
+
+def test_help_is_plain_text_and_explains_the_options(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "sam2long.segment" in text and "``" not in text and ":mod:" not in text
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--tracker {sam2,sam2long} sam2long (the memory tree, the default) or sam2 (plain SAM 2)" in text
+    assert "--max_frames N track at most N frames, from the earliest prompted frame forwards" in text
+    assert "Every output and summary.json cover the tracked frames only" in text
+    assert "not with --config" in text
