@@ -144,7 +144,11 @@ class Row:
 
 
 class CheckError(RuntimeError):
-    """A case failed or ran out of time; its message goes into the table."""
+    """A case failed or ran out of time; its message goes into the table, its output into the JSON."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output[-4000:]
 
 
 class Deadline:
@@ -186,14 +190,18 @@ def _spawn(cmd: list[str], logfile: Path, env: Optional[dict[str, str]] = None) 
         )
 
 
-def _finish(proc: subprocess.Popen, logfile: Path, timeout: float, what: str) -> tuple[int, str]:
-    """Wait for ``proc`` and return ``(exit code, output)``; killed with its children on a timeout or an
-    interruption (:class:`CheckError` for a timeout)."""
+def _finish(proc: subprocess.Popen, logfile: Path, deadline: Deadline, what: str) -> tuple[int, str]:
+    """Wait for ``proc`` within the section's budget and return ``(exit code, output)``.
+
+    On a timeout (:class:`CheckError`) or any interruption the process is killed with its children.
+    """
+    timeout = 0.0
     try:
+        timeout = deadline.left()
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        raise CheckError(f"{what}: timed out after {timeout:.0f} s") from None
+        raise CheckError(f"{what}: timed out after {timeout:.0f} s (section budget)") from None
     except BaseException:
         _kill_group(proc)
         raise
@@ -201,12 +209,19 @@ def _finish(proc: subprocess.Popen, logfile: Path, timeout: float, what: str) ->
 
 
 def run_command(
-    cmd: list[str], timeout: float, what: str, env: Optional[dict[str, str]] = None
+    cmd: list[str], deadline: Deadline, what: str, env: Optional[dict[str, str]] = None
 ) -> tuple[int, str]:
-    """Run ``cmd`` to completion within ``timeout``; ``(exit code, output)``."""
+    """Run ``cmd`` to completion within ``deadline``; ``(exit code, output)``."""
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         logfile = Path(tmp) / "log.txt"
-        return _finish(_spawn(cmd, logfile, env), logfile, timeout, what)
+        return _finish(_spawn(cmd, logfile, env), logfile, deadline, what)
+
+
+def _set_error(row: Row, err: Exception) -> None:
+    """Mark ``row`` failed: the error in the table, the failing process's output tail in the JSON."""
+    row.status = f"error: {_describe(err)}"
+    if getattr(err, "output", ""):
+        row.data["output_tail"] = err.output
 
 
 def _describe(err: Exception) -> str:
@@ -218,7 +233,8 @@ def _last_error(output: str) -> str:
     """The line that says what went wrong (an exception's last line), shortened for the table."""
     lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
     for line in reversed(lines):
-        if re.match(r"^[\w.]*(Error|Exception|Failed|Interrupt)\b", line) or "Error:" in line:
+        crash = line.startswith(("terminate called", "Fatal Python error", "Segmentation fault"))
+        if crash or re.match(r"^[\w.]*(Error|Exception|Failed|Interrupt)\b", line) or "Error:" in line:
             return line[-300:]
     return (lines[-1] if lines else "no output")[-300:]
 
@@ -268,6 +284,8 @@ def parity_driver(args: dict[str, Any]) -> dict[str, Any]:
                     )
             for frame_idx, obj_ids, masks in predictor.propagate_in_video(state):
                 frames.append((frame_idx, list(obj_ids), (masks[:, 0] > 0).cpu()))
+        if hasattr(state["images"], "close"):  # ours: stop the frame read-ahead thread now, not at exit
+            state["images"].close()
         results[dtype] = frames
         del predictor, state
         if device.type == "cuda":
@@ -365,12 +383,12 @@ class OursJob:
         cmd = [sys.executable, __file__, "--worker", name, str(work / "in.pt"), str(self.result_path)]
         self.proc = _spawn(cmd, self.logfile, {"OMP_NUM_THREADS": str(threads)})
 
-    def result(self, timeout: float) -> dict[str, Any]:
+    def result(self, deadline: Deadline) -> dict[str, Any]:
         """Wait for the worker and load its result (:class:`CheckError` if it failed)."""
         try:
-            rc, output = _finish(self.proc, self.logfile, timeout, "ours")
+            rc, output = _finish(self.proc, self.logfile, deadline, "ours")
             if rc != 0:
-                raise CheckError(f"ours: exit code {rc}: {_last_error(output)}")
+                raise CheckError(f"ours: exit code {rc}: {_last_error(output)}", output)
             return torch.load(self.result_path, weights_only=False)
         finally:
             self._tmp.cleanup()
@@ -396,7 +414,7 @@ def locate_upstream(timeout: float) -> Path:
     """
     code = "import upstream_ref; print(upstream_ref.upstream_root())"
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH", "")]))}
-    rc, output = run_command([sys.executable, "-c", code], timeout, "upstream lookup", env)
+    rc, output = run_command([sys.executable, "-c", code], Deadline(timeout), "upstream lookup", env)
     if rc != 0:
         raise CheckError(f"upstream sam2==1.1.0 unavailable: {_last_error(output)}")
     root = Path(output.strip().splitlines()[-1])
@@ -415,12 +433,16 @@ class UpstreamRun:
         except self._outcomes as err:
             raise CheckError(f"upstream: {err}") from None
 
-    def result(self, timeout: float) -> dict[str, Any]:
-        self.job.timeout = timeout
+    def result(self, deadline: Deadline) -> dict[str, Any]:
+        """Wait within the section's budget; the driver is stopped on any failure or interruption."""
         try:
+            self.job.timeout = deadline.left()
             return self.job.result()
         except self._outcomes as err:
-            raise CheckError(f"upstream: {_last_error(str(err))}") from None
+            raise CheckError(f"upstream: {_last_error(str(err))}", str(err)) from None
+        except BaseException:
+            self.cancel()
+            raise
 
     def cancel(self) -> None:
         self.job.cancel()
@@ -525,15 +547,22 @@ def section_tests(ctx: Context, deadline: Deadline) -> list[Row]:
         return [row]
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rfEs", "-p", "no:cacheprovider"]
     cmd += ["--continue-on-collection-errors", str(TESTS)]
-    rc, output = run_command(cmd, deadline.left(), "pytest")
+    rc, output = run_command(cmd, deadline, "pytest")
     lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
     summary = next((line.strip("= ") for line in reversed(lines) if re.search(r"\bin [\d.]+s\b", line)), "")
-    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
-    counts = dict(
-        (k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", summary)
-    )
-    row.status = "ok" if rc == 0 and counts.get("passed", 0) > 0 else f"failed (exit code {rc})"
-    row.notes = "; ".join([summary or _last_error(output), *failed[:5]])
+    failed = [
+        line for line in lines if line.startswith("FAILED") or (line.startswith("ERROR") and "::" in line)
+    ]
+    uncollected = [line for line in lines if line.startswith("ERROR") and "::" not in line]
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", summary)}
+    # A module that cannot be collected (an optional extra missing) is reported, not counted as a failure.
+    row.status = "ok" if counts.get("passed", 0) > 0 and not failed else f"failed (exit code {rc})"
+    notes = [summary or _last_error(output), *failed[:5]]
+    if uncollected:
+        notes.append(
+            "not collected: " + ", ".join(line.split()[1] for line in uncollected if len(line.split()) > 1)
+        )
+    row.notes = "; ".join(notes)
     row.data = {"exit_code": rc, "counts": counts, "output_tail": output[-4000:]}
     return [row]
 
@@ -592,14 +621,14 @@ def section_parity(ctx: Context, deadline: Deadline) -> Iterator[Row]:
             script = _upstream_ref().driver_script(parity_driver)
             upstream = UpstreamRun(script, {**args, "side": "upstream"}, threads)
             try:
-                ours = OursJob("parity_driver", {**args, "side": "ours"}, threads).result(deadline.left())
+                ours = OursJob("parity_driver", {**args, "side": "ours"}, threads).result(deadline)
             except BaseException:
                 upstream.cancel()
                 raise
-            theirs = upstream.result(deadline.left())
+            theirs = upstream.result(deadline)
         except Exception as err:
             for row in rows:
-                row.status = f"error: {_describe(err)}"
+                _set_error(row, err)
             yield from rows
             continue
         finally:
@@ -632,18 +661,30 @@ def _fill_parity(row: Row, ours: dict, theirs: dict, dtype: str, has_ext: bool) 
     row.data = agree
 
 
-def _propagation_rows(ctx: Context, deadline: Deadline, extra: list[str], what: str) -> list[dict]:
-    """Run ``benchmarks/propagation.py`` with ``extra`` arguments and read its JSON rows."""
+def propagation_case(ctx: Context, deadline: Deadline, extra: list[str]) -> dict:
+    """One case of ``benchmarks/propagation.py`` (``extra`` selects it): its JSON row.
+
+    A case whose process fails (not one that runs out of time) is run once more, and the row then
+    says so in ``retried_after``: a single-shot GPU run should not lose a row to a rare crash, nor
+    hide one.
+    """
     out = ctx.work / f"propagation_{time.monotonic_ns()}.json"
     cmd = [sys.executable, str(PROPAGATION), "--device", ctx.device, "--json", str(out), *extra]
-    rc, output = run_command(cmd, deadline.left(), what)
+    rc, output = run_command(cmd, deadline, "propagation.py")
+    first = None
     if rc != 0:
-        raise CheckError(f"{what}: exit code {rc}: {_last_error(output)}")
+        first = CheckError(f"exit code {rc}: {_last_error(output)}", output)
+        log(f"  propagation.py failed ({first}); running the case once more")
+        rc, output = run_command(cmd, deadline, "propagation.py")
+        if rc != 0:
+            raise CheckError(f"propagation.py failed twice, {first}; then exit code {rc}", output)
     data = json.loads(out.read_text())
     rows = data["rows"] if isinstance(data, dict) else data
-    if not rows:
-        raise CheckError(f"{what}: no rows in {out.name}")
-    return rows
+    if len(rows) != 1:
+        raise CheckError(f"propagation.py: expected one row, got {len(rows)}")
+    if first is not None:
+        rows[0].update(retried_after=str(first), first_output_tail=first.output)
+    return rows[0]
 
 
 def _mode_name(mode: str) -> str:
@@ -681,6 +722,8 @@ def _fill_from_propagation(row: Row, result: dict) -> None:
     row.dtype = f"auto={dtype}" if result.get("dtype_requested") == "auto" else dtype
     row.frames, row.fps, row.peak_mb = result.get("frames"), result.get("fps"), result.get("peak_mb")
     row.notes = _stage_notes(result)
+    if result.get("retried_after"):
+        row.notes += f"; run twice, the first run failed: {result['retried_after']}"
     row.data = result
 
 
@@ -719,7 +762,7 @@ def section_speed(ctx: Context, deadline: Deadline) -> Iterator[Row]:
                         "frames_dir": str(frames_dir),
                         "prompts": speed_prompts(ctx.video, objects),
                     }
-                    result = UpstreamRun(upstream_speed_script(), args, ctx.threads).result(deadline.left())
+                    result = UpstreamRun(upstream_speed_script(), args, ctx.threads).result(deadline)
                     row.frames, row.fps, row.peak_mb = result["frames"], result["fps"], result["peak_mb"]
                     notes = [_stage_notes(result), "all frames preloaded on the device (upstream's default)"]
                     if not any((ctx.upstream / "sam2").glob("_C*")):
@@ -730,10 +773,10 @@ def section_speed(ctx: Context, deadline: Deadline) -> Iterator[Row]:
                     extra = ["--modes", mode, "--frames", str(plan.speed_frames), "--objects", str(objects)]
                     extra += ["--image_size", str(plan.speed_size), "--config", plan.speed_config]
                     extra += ["--dtypes", ours_dtype, "--video", str(frames_dir)]
-                    (result,) = _propagation_rows(ctx, deadline, extra, "propagation.py")
+                    result = propagation_case(ctx, deadline, extra)
                     _fill_from_propagation(row, result)
             except Exception as err:
-                row.status = f"error: {_describe(err)}"
+                _set_error(row, err)
             yield row
 
 
@@ -756,12 +799,12 @@ def section_long(ctx: Context, deadline: Deadline) -> Iterator[Row]:
             extra = ["--modes", plan.long_mode, "--frames", str(frames), "--objects", str(plan.long_objects)]
             extra += ["--image_size", str(plan.long_size), "--config", plan.long_config, "--dtypes", dtype]
             extra += ["--video", str(linked_frames(ctx, f"long_frames_{frames}", frames))]
-            (result,) = _propagation_rows(ctx, deadline, extra, "propagation.py")
+            result = propagation_case(ctx, deadline, extra)
             _fill_from_propagation(row, result)
             peaks[frames] = row.peak_mb
         except Exception as err:
             row.frames = frames
-            row.status = f"error: {_describe(err)}"
+            _set_error(row, err)
         if len(peaks) == 2:
             short, long = plan.long_frames
             row.notes = f"peak at {long} / at {short} frames = {peaks[long] / peaks[short]:.3f}; " + row.notes
