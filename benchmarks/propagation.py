@@ -19,7 +19,9 @@ Example (about 3 minutes on 2 CPU cores)::
     python benchmarks/propagation.py --image_size 256 --frames 8,32 --objects 2 --modes sam2,p1,p3 \\
         --dtypes float32,bfloat16 --json /tmp/propagation.json
 
-Modes: ``sam2`` (SAM2VideoPredictor), ``pN`` (SAM2Long with N pathways, outputs not stored).
+Modes: ``sam2`` (SAM2VideoPredictor), ``pN`` (SAM2Long with N pathways, outputs not stored),
+``pN-unshared`` (the same with the exact first-layer sharing of memory attention switched off, to
+measure what it saves; outputs are bit-identical, ``tests/test_shared_rows.py``).
 Dtypes are precision policies (``float32``, ``bfloat16``, ``auto``; see ``sam2.precision``); the
 table shows the dtype a case really computed in. Weights are random unless ``--checkpoint`` is
 given: speed and memory do not depend on them.
@@ -191,9 +193,12 @@ def run_case(args: argparse.Namespace) -> dict:
     if args.mode == "sam2":
         predictor = build_sam2_video_predictor(args.config, **common)
     else:
+        pathways, _, variant = args.mode[1:].partition("-")
         predictor = build_sam2long_video_predictor(
-            args.config, num_pathways=int(args.mode[1:]), store_outputs=False, **common
+            args.config, num_pathways=int(pathways), store_outputs=False, **common
         )
+        if variant == "unshared":  # the exact first-layer sharing off: what it saves
+            predictor.memory_attention.share_equal_rows = False
     if args.video:
         video, max_track = open_frame_source(args.video), max(args.num_frames - 1, 0)
     else:

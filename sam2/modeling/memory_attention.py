@@ -133,6 +133,10 @@ class MemoryAttentionLayer(nn.Module):
 class MemoryAttention(nn.Module):
     """Stack of ``MemoryAttentionLayer`` (independent copies of ``layer``) plus a final LayerNorm."""
 
+    #: compute the first self-attention once for rows expanded from one frame (exact; ``False``
+    #: computes every row, for benchmarks of what the sharing saves)
+    share_equal_rows: bool = True
+
     def __init__(
         self,
         d_model: int,
@@ -200,7 +204,8 @@ class MemoryAttention(nn.Module):
         # computed once and broadcast.
         batch = curr.shape[1]
         rows_equal = (
-            self.batch_first
+            self.share_equal_rows
+            and self.batch_first
             and batch > 1
             and curr.stride(1) == 0
             and (curr_pos is None or curr_pos.stride(1) == 0)

@@ -9,11 +9,13 @@ requirement, so post-processing behaves the same with or without it.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import functools
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -274,6 +276,18 @@ def _to_model_input(
     return image.to(device, non_blocking=True)
 
 
+# Loaders whose prefetch thread may still run: closed before the interpreter shuts down, since a
+# daemon thread caught inside torch during finalization aborts the process ("terminate called
+# without an active exception").
+_OPEN_LOADERS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_loaders() -> None:
+    for loader in list(_OPEN_LOADERS):
+        loader.close()
+
+
 class PrefetchingVideoFrames:
     """Normalized model-input frames decoded on use into a bounded ring, with read-ahead.
 
@@ -333,6 +347,7 @@ class PrefetchingVideoFrames:
         self._last_index: int | None = None
         self._step = 1
         self._closed = False
+        _OPEN_LOADERS.add(self)
 
     def __len__(self) -> int:
         return self._num_frames
