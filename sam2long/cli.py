@@ -23,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 LOGGER = logging.getLogger("sam2long")
 
@@ -349,6 +349,17 @@ def _warn_outside(prompts: Sequence, frames: range, max_frames: Optional[int]) -
         )
 
 
+def _print_cost_hint(config_file: str, device: Any, args: argparse.Namespace) -> None:
+    """A large model on a CPU: say what it costs and what is faster (one line on stderr)."""
+    from sam2.precision import resolve_precision
+    from sam2long.models import cpu_cost_hint
+
+    bf16 = resolve_precision(args.dtype, device).name == "bfloat16"
+    hint = cpu_cost_hint(config_file, device, args.tracker, bf16)
+    if hint is not None:
+        print(hint, file=sys.stderr)
+
+
 def _run_live(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -381,6 +392,7 @@ def _run_live(args: argparse.Namespace) -> int:
     out = _writable_folder(Path(args.out)) if args.out is not None else None
     config_file, checkpoint, model_name = model_files_from_args(args)
     device = args.device or default_device()
+    _print_cost_hint(config_file, device, args)
     tree = None
     if args.tracker == "sam2long":
         tree = config_from_args(args)
@@ -464,6 +476,7 @@ def _run_file(args: argparse.Namespace) -> int:
     out = _writable_folder(Path(args.out))
     config_file, checkpoint, model_name = model_files_from_args(args)
     device = args.device or default_device()
+    _print_cost_hint(config_file, device, args)
     tree = config_from_args(args) if args.tracker == "sam2long" else None
     specs = [
         TrackerSpec(

@@ -559,6 +559,33 @@ def build_model_by_name(
     return build_sam2_video_predictor(spec.config, ckpt, device, dtype=dtype, **kwargs)
 
 
+# Seconds per frame on a 2-core CPU (AMD EPYC with AVX512-BF16, no AMX; torch 2.14.1, 2 threads; 1024 px,
+# 2026-12-04; README "Precision and speed"), as (bf16, float32): the image encoder of each model size, and
+# the rest of a frame (memory attention, decoder, memory encoder, tree), which is the same for every size
+# (benchmarks/propagation.py, 2 objects, SAM2Long P=3).
+_CPU_ENCODER_SECONDS = {"t": (1.79, 2.47), "s": (1.95, 3.31), "b+": (3.56, 4.99), "l": (7.49, 13.19)}
+_CPU_REST_SECONDS = {"sam2": (4.55, 5.30), "sam2long": (6.95, 8.82)}
+
+
+def cpu_cost_hint(config_file: str, device: Any, tracker: str, bf16: bool) -> Optional[str]:
+    """One line for a CPU run of a model larger than tiny: its measured cost per frame and the faster
+    choices; None on other devices, for tiny models and for configs not in the table (the size is the
+    config name's last part: ``sam2.1_hiera_l.yaml`` -> ``l``)."""
+    if str(device).split(":")[0] != "cpu":
+        return None
+    size = Path(config_file).stem.rsplit("_", 1)[-1]
+    if size not in _CPU_ENCODER_SECONDS or size == "t" or tracker not in _CPU_REST_SECONDS:
+        return None
+    pick = 0 if bf16 else 1
+    encoder, rest = _CPU_ENCODER_SECONDS[size][pick], _CPU_REST_SECONDS[tracker][pick]
+    name = Path(config_file).stem
+    return (
+        f"note: {name} on a CPU costs about {encoder + rest:.0f} s per frame with {tracker} (2 objects, "
+        f"{'bf16' if bf16 else 'float32'}, measured on a 2-core CPU); faster: --model sam2.1-tiny, "
+        "--tracker sam2, --max_frames N, or a CUDA GPU"
+    )
+
+
 # --- `sam2long download` ---------------------------------------------------------------------------
 
 

@@ -594,3 +594,26 @@ def test_build_model_by_name_downloads_and_loads_the_weights(
 
     with pytest.raises(ValueError, match="unknown tracker 'sam3'"):
         build_model_by_name(spec, tracker="sam3")
+
+
+def test_cpu_cost_hint_for_large_models_only() -> None:
+    from sam2long.models import cpu_cost_hint
+
+    hint = cpu_cost_hint("configs/sam2.1/sam2.1_hiera_l.yaml", "cpu", "sam2long", bf16=True)
+    assert hint is not None and hint.startswith("note: sam2.1_hiera_l on a CPU costs about 14 s per frame")
+    assert "--model sam2.1-tiny" in hint and "--tracker sam2" in hint and "--max_frames" in hint
+    slower = cpu_cost_hint("configs/sam2/sam2_hiera_b+.yaml", "cpu", "sam2", bf16=False)
+    assert slower is not None and "about 10 s per frame with sam2 (2 objects, float32" in slower
+    assert cpu_cost_hint("configs/sam2.1/sam2.1_hiera_t.yaml", "cpu", "sam2long", bf16=True) is None
+    assert cpu_cost_hint("configs/sam2.1/sam2.1_hiera_l.yaml", "cuda:0", "sam2long", bf16=True) is None
+    assert cpu_cost_hint("my_model.yaml", "cpu", "sam2long", bf16=True) is None
+
+
+def test_segment_prints_the_cost_hint_on_cpu(capsys) -> None:
+    import argparse
+
+    from sam2long.cli import _print_cost_hint
+
+    args = argparse.Namespace(dtype="float32", tracker="sam2long")
+    _print_cost_hint("configs/sam2.1/sam2.1_hiera_s.yaml", "cpu", args)
+    assert capsys.readouterr().err.startswith("note: sam2.1_hiera_s on a CPU costs about 12 s per frame")

@@ -212,23 +212,23 @@ def _decoded_frames(video: Path) -> int:
 def test_readme_quick_look_tracks_only_the_first_frames(
     model_args: list[str], tmp_path: Path, capsys
 ) -> None:
-    """The README's quick look, ``--max_frames 20`` on the bundled 90-frame clip (random weights here)."""
+    """The README's quick look, ``--max_frames 15`` on the bundled 90-frame clip (random weights here)."""
     examples = Path(__file__).resolve().parents[1] / "examples"
     out = tmp_path / "out"
     argv = ["segment", str(examples / "bedroom.mp4"), "--prompts", str(examples / "bedroom_prompts.json")]
-    assert main([*argv, "--out", str(out), "--max_frames", "20", *model_args]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith(f"wrote 20 frames (0-19 of 90) to {out} (")
+    assert main([*argv, "--out", str(out), "--max_frames", "15", *model_args]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"wrote 15 frames (0-14 of 90) to {out} (")
 
-    names = [f"{i:05d}" for i in range(20)]
+    names = [f"{i:05d}" for i in range(15)]
     for obj in ("001", "002"):
         assert sorted(p.stem for p in (out / "masks" / obj).glob("*.png")) == names
     assert sorted(p.stem for p in (out / "palette").glob("*.png")) == names
-    assert _decoded_frames(out / "overlay.mp4") == 20
+    assert _decoded_frames(out / "overlay.mp4") == 15
     rle = json.loads((out / "masks_rle.json").read_text())
-    assert [f["frame_idx"] for f in rle["frames"]] == list(range(20))
+    assert [f["frame_idx"] for f in rle["frames"]] == list(range(15))
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["frames"], summary["frame_range"], summary["video_frames"]) == (20, [0, 19], 90)
-    assert summary["max_frames"] == 20 and summary["trackers"]["sam2long"]["frames_tracked"] == 20
+    assert (summary["frames"], summary["frame_range"], summary["video_frames"]) == (15, [0, 14], 90)
+    assert summary["max_frames"] == 15 and summary["trackers"]["sam2long"]["frames_tracked"] == 15
 
 
 def test_max_frames_bounds_every_writer_with_a_comparison(clip: Path, model_args, tmp_path: Path) -> None:
