@@ -349,6 +349,17 @@ def _warn_outside(prompts: Sequence, frames: range, max_frames: Optional[int]) -
         )
 
 
+def _tracker_spec(
+    args: argparse.Namespace, tracker: str, tree: Any, preset: Optional[str], config_file: str, checkpoint: str
+):
+    """The :class:`~sam2long.vos.tracker.TrackerSpec` of a segment run (post-processing on, ``--dtype``)."""
+    from sam2long.vos.tracker import TrackerSpec
+
+    return TrackerSpec(
+        tracker, config_file, checkpoint, tree, preset, tuple(args.hydra_overrides), True, dtype=args.dtype
+    )
+
+
 def _print_cost_hint(config_file: str, device: Any, args: argparse.Namespace) -> None:
     """A large model on a CPU: say what it costs and what is faster (one line on stderr)."""
     from sam2.precision import resolve_precision
@@ -372,7 +383,6 @@ def _run_live(args: argparse.Namespace) -> int:
     from sam2long.models import model_files_from_args
     from sam2long.prompts import PromptError
     from sam2long.segment import track_live
-    from sam2long.vos.tracker import TrackerSpec
 
     if args.out is None and not args.show:
         raise SystemExit("error: a live stream needs --out (overlay.mp4, masks/) and/or --show")
@@ -398,16 +408,7 @@ def _run_live(args: argparse.Namespace) -> int:
         tree = config_from_args(args)
         if tree.max_lag is None:
             tree = dataclasses.replace(tree, max_lag=args.live_max_lag)
-    spec = TrackerSpec(
-        args.tracker,
-        config_file,
-        checkpoint,
-        tree,
-        args.preset,
-        tuple(args.hydra_overrides),
-        True,
-        dtype=args.dtype,
-    )
+    spec = _tracker_spec(args, args.tracker, tree, args.preset, config_file, checkpoint)
     fps = args.fps or source.fps or 30.0
     try:
         predictor = spec.build(device, non_overlap_masks=False)
@@ -465,7 +466,6 @@ def _run_file(args: argparse.Namespace) -> int:
     from sam2long.models import model_files_from_args
     from sam2long.prompts import PromptError
     from sam2long.segment import output_frames, summarize, track, write_outputs
-    from sam2long.vos.tracker import TrackerSpec
 
     try:
         prompts = _collect_prompts(args)
@@ -478,25 +478,9 @@ def _run_file(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     _print_cost_hint(config_file, device, args)
     tree = config_from_args(args) if args.tracker == "sam2long" else None
-    specs = [
-        TrackerSpec(
-            args.tracker,
-            config_file,
-            checkpoint,
-            tree,
-            args.preset,
-            tuple(args.hydra_overrides),
-            True,
-            dtype=args.dtype,
-        )
-    ]
+    specs = [_tracker_spec(args, args.tracker, tree, args.preset, config_file, checkpoint)]
     if args.compare_sam2:
-        specs.insert(
-            0,
-            TrackerSpec(
-                "sam2", config_file, checkpoint, None, None, tuple(args.hydra_overrides), True, dtype=args.dtype
-            ),
-        )
+        specs.insert(0, _tracker_spec(args, "sam2", None, None, config_file, checkpoint))
     fps = args.fps or getattr(source, "fps", None) or 24.0
     if args.detector is not None and args.direction != "forward":
         raise SystemExit("error: --detector re-prompts during forward propagation; drop --reverse/--both")
