@@ -3,9 +3,7 @@ upload checks, the pathway plot and the Gradio callbacks' error handling."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -15,18 +13,9 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
+from extras import require
 
-
-def _require(module: str) -> None:
-    """Skip without the ``[demo]`` extra's ``module``, except under CI (where it is installed)."""
-    if importlib.util.find_spec(module) is None:
-        message = f"the demo tests need {module}: pip install -e '.[demo]'"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (CI=true: .ci/run installs it)", pytrace=False)
-        pytest.skip(message, allow_module_level=True)
-
-
-_require("matplotlib")
+require("matplotlib", "pip install -e '.[demo]'")
 
 from sam2long.demo.plots import pathway_series, plot_pathways  # noqa: E402
 from sam2long.demo.session import (  # noqa: E402
@@ -349,7 +338,7 @@ def test_pathway_series_and_plot_from_records() -> None:
 
 
 def test_callbacks_report_errors_and_keep_serving(engine: DemoEngine, bedroom_dir, caplog) -> None:
-    _require("gradio")
+    require("gradio", "pip install -e '.[demo]'")
     import gradio as gr
 
     from sam2long.demo.app import Callbacks, build_app, guarded

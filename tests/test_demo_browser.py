@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from extras import unavailable
 
 CFG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "bedroom.mp4"
@@ -45,10 +46,7 @@ def _requirements() -> tuple[str, str]:
         if not ok
     ]
     if missing:
-        message = "browser test needs " + ", ".join(missing)
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (CI=true: .ci/run must install them)")
-        pytest.skip(message)
+        unavailable("browser test needs " + ", ".join(missing))
     return browser, driver
 
 

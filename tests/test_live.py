@@ -4,7 +4,9 @@ mid-stream joins without disturbing the others."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -110,30 +112,96 @@ def test_sam2long_output_lag_is_bounded_by_max_lag(ckpt: Path) -> None:
     assert _lags(_predictor(ckpt, "sam2")) == [0] * NUM_FRAMES
 
 
+class GatedCapture:
+    """An OpenCV-like capture that hands out a frame only once the test has released it: the test, not
+    a clock, decides how far the stream runs ahead of the tracker."""
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        self.frames, self.next = frames, 0
+        self._allowed = threading.Semaphore(0)
+
+    def release_frames(self, count: int) -> None:
+        for _ in range(count):
+            self._allowed.release()
+
+    def read(self):
+        if self.next >= len(self.frames):
+            return False, None
+        self._allowed.acquire()
+        frame = self.frames[self.next]
+        self.next += 1
+        return True, np.ascontiguousarray(frame[..., ::-1])
+
+    def release(self) -> None:
+        self.next = len(self.frames)
+        self.release_frames(1)
+
+
+def _wait_captured(source: LiveStreamSource, count: int) -> None:
+    """Wait until the reader thread has queued ``count`` frames (and applied the drop policy)."""
+    deadline = time.monotonic() + 30.0
+    while source.stats.captured < count:
+        assert time.monotonic() < deadline, f"the reader queued {source.stats.captured} of {count} frames"
+        time.sleep(0.001)
+
+
+def _take(source: LiveStreamSource, index: int, frames: list[np.ndarray]) -> int:
+    frame = source.get(index)
+    stream_index = source.stream_index(index)
+    assert np.array_equal(frame, frames[stream_index]), index
+    return stream_index
+
+
 def test_slow_tracker_drops_the_oldest_frames_and_counts_them() -> None:
+    """The stream runs up to 5 frames ahead of the tracker between its reads; with a queue of 2 the
+    oldest waiting frames are dropped, exactly as a bounded deque would (the expected run is simulated)."""
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (24, 32, 3), dtype=np.uint8) for _ in range(40)]
-    for drop, expect_drops in (("oldest", True), ("none", False)):
-        source = LiveStreamSource(0, drop=drop, buffer=2, capture=PacedCapture(frames, fps=400.0))
-        taken = []
-        index = 0
-        while source.has_frame(index):
-            frame = source.get(index)
-            stream_index = source.stream_index(index)
-            assert np.array_equal(frame, frames[stream_index]), (drop, index)
-            taken.append(stream_index)
-            time.sleep(0.01)  # a tracker at ~100 frames/s behind a 400 frames/s stream
-            index += 1
+    capture = GatedCapture(frames)
+    capture.release_frames(1)
+    source = LiveStreamSource(0, drop="oldest", buffer=2, capture=capture)  # takes frame 0 to size itself
+    queue: deque[int] = deque()
+    expected_taken, expected_dropped, released, taken = [0], 0, 1, [_take(source, 0, frames)]
+    while released < 40:
+        burst = min(5, 40 - released)
+        capture.release_frames(burst)
+        for stream_index in range(released, released + burst):
+            queue.append(stream_index)
+            if len(queue) > 2:
+                queue.popleft()
+                expected_dropped += 1
+        released += burst
+        _wait_captured(source, released)
+        expected_taken.append(queue.popleft())
+        taken.append(_take(source, len(taken), frames))
+    while source.has_frame(len(taken)):
+        taken.append(_take(source, len(taken), frames))
+    expected_taken.extend(queue)
+    stats = source.stats
+    source.close()
+    assert taken == expected_taken and stats.dropped == expected_dropped > 0
+    assert stats.ended and stats.captured == 40 and stats.waiting == 0
+    assert stats.delivered + stats.dropped == stats.captured == 40
+    assert len(set(range(40)) - set(taken)) == stats.dropped
+    assert taken[-1] == 39, "the newest frame is never dropped"
+
+
+def test_drop_none_hands_every_frame_over() -> None:
+    """``drop="none"``: the reader waits for the tracker, whatever the stream has ready."""
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (24, 32, 3), dtype=np.uint8) for _ in range(40)]
+    capture = GatedCapture(frames)
+    capture.release_frames(40)
+    source = LiveStreamSource(0, drop="none", buffer=2, capture=capture)
+    taken = []
+    while source.has_frame(len(taken)):
         stats = source.stats
-        source.close()
-        assert stats.ended and stats.captured == 40 and stats.waiting == 0
-        assert stats.delivered + stats.dropped == stats.captured == 40, drop
-        assert taken == sorted(taken) and len(taken) == stats.delivered
-        assert taken[-1] == 39, "the newest frame is never dropped"
-        if expect_drops:
-            assert stats.dropped > 0 and len(set(range(40)) - set(taken)) == stats.dropped
-        else:
-            assert stats.dropped == 0 and taken == list(range(40))
+        assert stats.waiting <= 2 and stats.captured <= stats.delivered + 2, "the reader waits for the tracker"
+        taken.append(_take(source, len(taken), frames))
+    stats = source.stats
+    source.close()
+    assert taken == list(range(40))
+    assert (stats.captured, stats.delivered, stats.dropped, stats.ended) == (40, 40, 0, True)
 
 
 def test_live_frames_are_read_once_in_order() -> None:

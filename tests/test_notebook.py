@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import pytest
+from extras import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "video_segmentation.ipynb"
@@ -29,22 +29,11 @@ FRAMES = 5  # SAM2LONG_NOTEBOOK_FRAMES: frames tracked after the prompted one
 PLOT_CELLS = {"video", "prompt-clicks", "prompt-box", "side-by-side", "scores", "logits"}
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
-def _unavailable(reason: str) -> None:
-    """Skip outside CI; under CI the notebook must run, so fail."""
-    if _in_ci():
-        pytest.fail(f"{reason} (the notebook test is never skipped under CI)")
-    pytest.skip(reason)
-
-
 def _import(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        _unavailable(f"{module} is not installed ({error}); pip install -e '.[notebook]'")
+        unavailable(f"{module} is not installed ({error}); pip install -e '.[notebook]'")
 
 
 def _load_generator():
@@ -114,7 +103,7 @@ def test_notebook_executes(tmp_path, make_checkpoint, monkeypatch):
         raise
     except Exception as error:
         if not started:
-            _unavailable(f"the python3 Jupyter kernel ({sys.executable}) did not start: {error!r}")
+            unavailable(f"the python3 Jupyter kernel ({sys.executable}) did not start: {error!r}")
         raise
 
     cells = {cell["id"]: cell for cell in nb.cells if cell["cell_type"] == "code"}

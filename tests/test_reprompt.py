@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from extras import require
 
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.utils.frame_sources import ImageFolderSource
@@ -173,6 +174,7 @@ def test_a_source_that_never_answers_changes_nothing(lost_predictor, frames: Pat
 def test_yolo_adapter_on_an_untrained_network(bedroom_dir: Path) -> None:
     from PIL import Image
 
+    require("ultralytics", "pip install -e '.[yolo]'")
     source = YoloBoxSource("yolov8n.yaml", conf=1e-4, imgsz=256, device="cpu")
     assert Image.open.__module__ == "PIL.Image", "ultralytics' global Image.open patch is undone"
     frame = np.asarray(ImageFolderSource(bedroom_dir).get(0))
@@ -190,6 +192,7 @@ def test_yolo_adapter_on_an_untrained_network(bedroom_dir: Path) -> None:
 
 def test_segment_with_a_detector_logs_reprompts(make_checkpoint, frames: Path, tmp_path: Path) -> None:
     """``sam2long segment --detector``: the run summary lists every re-prompt and the query count."""
+    require("ultralytics", "pip install -e '.[yolo]'")
     ckpt = make_checkpoint(CFG, seed=0, obj_score_bias=-5.0)
     out = tmp_path / "out"
     argv = ["segment", str(frames), "--out", str(out), "--box", "150,100,300,200"]
