@@ -18,7 +18,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import sam2  # noqa: F401  (registers the package as hydra's config module)
-from sam2.precision import check_dtype
 
 # Hugging Face model id -> (config name, checkpoint file name in that repo).
 HF_MODEL_ID_TO_FILENAMES: dict[str, tuple[str, str]] = {
@@ -106,7 +105,7 @@ def build_sam2(
     overrides = list(hydra_overrides_extra)
     if apply_postprocessing:
         overrides += _DYNAMIC_MULTIMASK_OVERRIDES
-    return _build(config_file, overrides, ckpt_path, device, mode, {"dtype": check_dtype(dtype)})
+    return _build(config_file, overrides, ckpt_path, device, mode, {"dtype": dtype})
 
 
 def build_sam2_video_predictor(
@@ -135,7 +134,7 @@ def build_sam2_video_predictor(
     else:
         target = "sam2.sam2_video_predictor.SAM2VideoPredictor"
     return _build_video_predictor(
-        config_file, ckpt_path, device, mode, extra, apply_postprocessing, target, {"dtype": check_dtype(dtype)}
+        config_file, ckpt_path, device, mode, extra, apply_postprocessing, target, {"dtype": dtype}
     )
 
 

@@ -9,7 +9,6 @@ from typing import Any, Optional, Union
 import torch
 
 from sam2.build_sam import _build_video_predictor
-from sam2.precision import check_dtype
 from sam2long.config import SAM2LongConfig
 
 _TARGET = "sam2long.predictor.SAM2LongVideoPredictor"
@@ -73,6 +72,6 @@ def build_sam2long_video_predictor(
             "sam2long": tree,
             "store_outputs": store_outputs,
             "batch_objects": batch_objects,
-            "dtype": check_dtype(dtype),
+            "dtype": dtype,
         },
     )

@@ -350,8 +350,17 @@ def test_vos_command_in_bf16(
         args += ["--input_mask_dir", str(vos_dataset / "Annotations"), "--output_mask_dir", str(out)]
         assert vos_cli.main([*args, "--per_obj_png_file", "--num_pathway", "3", "--dtype", dtype]) == 0
         summary = json.loads((Path(f"{out.resolve()}.state") / "summary.json").read_text())
-        assert summary["settings"]["precision"]["dtype"] == dtype
+        assert summary["settings"]["precision"]["dtype"] == summary["settings"]["dtype"] == dtype
         assert summary["videos"]["bedroom"]["status"] == "done"
+        # a resume marker counts only for the dtype really computed in
+        other = "float32" if dtype == "bfloat16" else "bfloat16"
+        assert vos_cli.main([*args, "--per_obj_png_file", "--num_pathway", "3", "--dtype", dtype]) == 0
+        resumed = json.loads((Path(f"{out.resolve()}.state") / "summary.json").read_text())
+        assert resumed["videos"]["bedroom"]["status"] == "skipped"
+        assert vos_cli.main([*args, "--per_obj_png_file", "--num_pathway", "3", "--dtype", other]) == 0
+        redone = json.loads((Path(f"{out.resolve()}.state") / "summary.json").read_text())
+        assert redone["videos"]["bedroom"]["status"] == "done"
+        assert vos_cli.main([*args, "--per_obj_png_file", "--num_pathway", "3", "--dtype", dtype]) == 0
         names = [f"{i:05d}.png" for i in range(NUM_FRAMES)]
         for obj in ("001", "002"):
             assert sorted(p.name for p in (out / "bedroom" / obj).glob("*.png")) == names

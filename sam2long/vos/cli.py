@@ -234,13 +234,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = torch.device(args.device or default_device())
     opts = run_options(args, device)
     state_dir = Path(args.state_dir) if args.state_dir else Path(f"{opts.output_mask_dir.resolve()}.state")
-    fingerprint = {**tracker.fingerprint(), **opts.fingerprint()}
+    precision = resolve_precision(args.dtype, device)
+    # the dtype computed in, not the one asked for: "auto" on another machine may differ
+    fingerprint = {**tracker.fingerprint(), **opts.fingerprint(), "dtype": precision.name}
     summary = Summary(
         summary_path(state_dir, args.summary_json, num_shards, shard_id),
         {
             **fingerprint,
             "device": str(device),
-            "precision": resolve_precision(args.dtype, device).summary(),
+            "precision": precision.summary(),
             "num_shards": num_shards,
             "shard_id": shard_id,
         },

@@ -63,7 +63,8 @@ class TrackerSpec:
         return {"tracker": "sam2long", "preset": self.preset, **dataclasses.asdict(self.tree)}
 
     def fingerprint(self) -> dict[str, Any]:
-        """Every model setting that changes the outputs (a resume marker only counts if it matches)."""
+        """Every model setting that changes the outputs (a resume marker only counts if it matches),
+        except the precision, which depends on the device too: the command adds the resolved one."""
         checkpoint = Path(self.sam2_checkpoint).resolve()
         return {
             "sam2_cfg": self.sam2_cfg,
@@ -71,7 +72,6 @@ class TrackerSpec:
             "checkpoint_bytes": checkpoint.stat().st_size if checkpoint.is_file() else None,
             "hydra_overrides": list(self.hydra_overrides),
             "apply_postprocessing": self.apply_postprocessing,
-            "dtype": self.dtype,
             **self.describe(),
         }
 
