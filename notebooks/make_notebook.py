@@ -133,7 +133,7 @@ CELLS: list[tuple[str, str, str]] = [
             hydra_overrides_extra=hydra_overrides,
             num_pathways=3,
         )
-        print(sam2long_predictor.sam2long)
+        print(sam2long_predictor.tracker.config)
         """,
     ),
     (
@@ -424,7 +424,7 @@ CELLS: list[tuple[str, str, str]] = [
         """
         tree_steps = [s for s in steps if s.kind in ("root", "branch")]
         uncertain = [s.frame_idx for s in tree_steps if s.certain is False]
-        num_pathways = sam2long_predictor.sam2long.num_pathways
+        num_pathways = sam2long_predictor.tracker.config.num_pathways
 
         fig, ax = plt.subplots(figsize=(10, 4))
         for i, frame in enumerate(uncertain):
@@ -492,7 +492,7 @@ CELLS: list[tuple[str, str, str]] = [
         )
         print(f"best pathway's logits equal SAM2Long's stored outputs: {best_path_matches_session}")
 
-        delta_conf = sam2long_predictor.sam2long.uncertainty
+        delta_conf = sam2long_predictor.tracker.config.uncertainty
         fig, ax = plt.subplots(figsize=(10, 4))
         ax.axhspan(-delta_conf, delta_conf, color="0.9", lw=0, label="±uncertainty")
         ax.axhline(0.0, color="0.5", lw=1)

@@ -128,17 +128,17 @@ def build_sam2_video_predictor(
     device = device if device is not None else default_device()
     extra = list(hydra_overrides_extra)
     if vos_optimized:
-        target = "sam2.sam2_video_predictor.SAM2VideoPredictorVOS"
+        target = "sam2.sam2_video_predictor_vos.SAM2VideoPredictorVOS"
         if torch.device(device).type == "cuda":
             extra.insert(0, "++model.compile_image_encoder=True")
     else:
         target = "sam2.sam2_video_predictor.SAM2VideoPredictor"
-    return _build_video_predictor(
+    return build_video_predictor_class(
         config_file, ckpt_path, device, mode, extra, apply_postprocessing, target, {"dtype": dtype}
     )
 
 
-def _build_video_predictor(
+def build_video_predictor_class(
     config_file: str,
     ckpt_path: Optional[Union[str, os.PathLike]],
     device: Optional[Union[str, torch.device]],
@@ -150,8 +150,8 @@ def _build_video_predictor(
 ) -> nn.Module:
     """Build the video predictor class ``target`` (a dotted path), with extra constructor arguments.
 
-    Internal path shared by :func:`build_sam2_video_predictor` and subclass builders (SAM2Long),
-    which pass their own settings as ``model_kwargs`` at construction time.
+    The path shared by :func:`build_sam2_video_predictor` and the builders of predictors that bring
+    their own tracker (SAM2Long), which pass its settings as ``model_kwargs`` at construction time.
     """
     overrides = [f"++model._target_={target}", *hydra_overrides_extra]
     if apply_postprocessing:

@@ -19,10 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
+
+FrameOutput = dict[str, Any]
+"""One object's output on one frame in upstream's layout, as :meth:`SAM2Base.track_step` reads and
+writes it: ``maskmem_features``, ``maskmem_pos_enc``, ``pred_masks`` (low-res logits), ``obj_ptr``,
+``object_score_logits``."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,6 @@ class Candidates:
     tokens: Tensor  # [B, K or 1, C] decoder output tokens (object pointers are made from them)
     object_score_logits: Tensor  # [B, 1]
 
-    @property
-    def num_candidates(self) -> int:
-        return self.ious.size(1)
-
     def best(self) -> Tensor:
         """``[B]`` index of each row's highest-IoU candidate (SAM 2's choice)."""
         return torch.argmax(self.ious, dim=-1)
@@ -73,6 +74,8 @@ class NewMemories:
     def row(self, i: int) -> NewMemories:
         """Row ``i`` as a one-row record that owns its memory (copies: a view would keep the whole
         batch alive for as long as the row is kept, several times the row's own size)."""
+        if len(self) == 1:
+            return self
         return NewMemories(
             self.maskmem_features[i : i + 1].clone(),
             self.obj_ptr[i : i + 1].clone(),

@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from sam2.build_sam import _build_video_predictor
+from sam2.build_sam import build_video_predictor_class
 from sam2long.config import SAM2LongConfig
 
 _TARGET = "sam2long.predictor.SAM2LongVideoPredictor"
@@ -59,8 +59,8 @@ def build_sam2long_video_predictor(
             "predictor (SAM2VideoPredictorVOS) is SAM 2 only; use "
             "sam2.build_sam.build_sam2_video_predictor(..., vos_optimized=True) or the SAM 2 tracker"
         )
-    tree = SAM2LongConfig.resolve(config, **overrides)
-    return _build_video_predictor(
+    settings = SAM2LongConfig.resolve(config, **overrides)
+    return build_video_predictor_class(
         config_file,
         ckpt_path,
         device,
@@ -69,7 +69,7 @@ def build_sam2long_video_predictor(
         apply_postprocessing,
         _TARGET,
         model_kwargs={
-            "sam2long": tree,
+            "config": settings,
             "store_outputs": store_outputs,
             "batch_objects": batch_objects,
             "dtype": dtype,

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sam2.modeling.memory import recent_memory_slots
+
 COND_FRAME_SCORE = 10.0
 """Occlusion score the official code assigns to conditioning frames/pointers for the modulation ranking."""
 
@@ -104,8 +106,9 @@ def plan_memory(
         max_obj_ptrs_in_encoder: model's ``max_obj_ptrs_in_encoder``.
         num_frames: number of frames in the video (bounds the pointer budget, as upstream).
         iou_threshold: reliability threshold (strict).
-        selection: True → official SAM2Long selection; False → SAM 2's layout (steps ``t-1 ..``,
-            positions by step distance), which reproduces upstream SAM 2 for a single pathway.
+        selection: True → official SAM2Long selection; False → SAM 2's recent-memory rule
+            (:func:`sam2.modeling.memory.recent_memory_slots`, the same code SAM 2 runs over its session's
+            frames) over the pathway's steps, which reproduces upstream SAM 2 for a single pathway.
 
     With ``selection=True`` the walk goes back from the latest frame, keeping reliable frames until
     ``M - 1`` are kept (``M`` from :func:`pointer_budget`), then always adds the latest frame. Spatial
@@ -152,17 +155,9 @@ def _plan_selected(
 
 def _plan_recent(history: Sequence[FrameRecord], step: int, num_maskmem: int, budget: int) -> MemoryPlan:
     by_step = {record.step: record for record in history}
-    spatial = []
-    for t_pos in range(1, num_maskmem):
-        record = by_step.get(step - (num_maskmem - t_pos))
-        if record is not None:
-            spatial.append(_ref(record, t_pos))
-    pointers = []
-    # Steps before the first one have no record, so no bounds check is needed.
-    for t_diff in range(1, budget):
-        record = by_step.get(step - t_diff)
-        if record is not None:
-            pointers.append(_ref(record, t_diff))
+    spatial_slots, pointer_slots = recent_memory_slots(step, num_maskmem, budget, num_frames=step)
+    spatial = [_ref(by_step[s], t_pos) for t_pos, s in spatial_slots if s in by_step]
+    pointers = [_ref(by_step[s], t_diff) for t_diff, s in pointer_slots if s in by_step]
     oldest = step - max(num_maskmem - 1, budget - 1)
     kept = tuple(r for r in history if r.step >= oldest)
     return MemoryPlan(kept=kept, spatial=tuple(spatial), pointers=tuple(pointers))

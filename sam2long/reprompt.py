@@ -17,7 +17,9 @@ from typing import Any, Optional, Protocol, Union
 import numpy as np
 import torch
 
-from sam2.sam2_video_predictor import COND, NON_COND, SAM2VideoPredictor
+from sam2.sam2_video_predictor import SAM2VideoPredictor
+from sam2.session import InferenceSession
+from sam2.tracker import TrackStep
 from sam2.utils.frame_sources import FrameSource
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in video pixels
@@ -195,20 +197,17 @@ class Reprompter:
             self.set_label(obj_id, max(matches, key=lambda m: (m[0], m[1].score))[1].label)
 
 
-def _prompt_box(predictor: SAM2VideoPredictor, state: dict, obj_idx: int, frame_idx: int) -> Optional[Box]:
-    """Box of an object's prompted mask on a frame (from the session)."""
-    out = state["output_dict_per_obj"][obj_idx][COND].get(frame_idx)
-    if out is None:
-        out = state["temp_output_dict_per_obj"][obj_idx][COND].get(frame_idx)
-    if out is None:
-        return None
-    mask = predictor.video_res_masks(state, out["pred_masks"])
-    return mask_box(mask[0, 0].cpu().numpy() > 0)
+def _prompt_box(
+    predictor: SAM2VideoPredictor, state: InferenceSession, obj_id: Any, frame_idx: int
+) -> Optional[Box]:
+    """Box of an object's prompted mask on a frame."""
+    mask = predictor.prompt_masks(state, obj_id, frame_idx)
+    return None if mask is None else mask_box(mask[0, 0].cpu().numpy() > 0)
 
 
 def propagate_with_reprompts(
     predictor: SAM2VideoPredictor,
-    state: dict,
+    state: InferenceSession,
     source: FrameSource,
     box_source: BoxSource,
     policy: RepromptPolicy,
@@ -223,34 +222,21 @@ def propagate_with_reprompts(
     Every re-prompt is appended to ``reprompter.log`` (pass your own :class:`Reprompter` to read it; its
     policy is then used and ``policy`` is ignored).
     """
-    from sam2long.predictor import PathwayStep, SAM2LongVideoPredictor
-
     rep = reprompter if reprompter is not None else Reprompter(policy)
     for obj_id, label in (labels or {}).items():
         rep.set_label(obj_id, label)
-    tree_based = isinstance(predictor, SAM2LongVideoPredictor)
-    last_processed: list[Optional[int]] = [None]
+    user_observer = propagate_kw.pop("observer", None)
 
-    def observer(step: PathwayStep) -> None:
-        if step.frame_idx is None:
-            return
-        if step.kind == "prompt":
-            rep.prompted(step.obj_id, step.frame_idx)
-        elif step.kind != "absent" and step.best_pathway is not None:
-            rep.observe(step.obj_id, step.obj_logits[step.best_pathway])
-
-    def observe_sam2(frame_idx: int) -> None:
-        for obj_idx, obj_id in state["obj_idx_to_id"].items():
-            outputs = state["output_dict_per_obj"][obj_idx]
-            if frame_idx in outputs[COND]:
-                rep.prompted(obj_id, frame_idx)
-            elif frame_idx in outputs[NON_COND]:
-                rep.observe(obj_id, float(outputs[NON_COND][frame_idx]["object_score_logits"].max()))
+    def observer(step: TrackStep) -> None:
+        if step.frame_idx is not None:
+            if step.kind == "prompt":
+                rep.prompted(step.obj_id, step.frame_idx)
+            elif step.kind != "absent" and step.best_pathway is not None:
+                rep.observe(step.obj_id, step.obj_logits[step.best_pathway])
+        if user_observer is not None:
+            user_observer(step)
 
     def before_frame(frame_idx: int) -> None:
-        if not tree_based and last_processed[0] is not None:
-            observe_sam2(last_processed[0])
-        last_processed[0] = frame_idx
         detections: Optional[Sequence[Detection]] = None
 
         def detect() -> Sequence[Detection]:
@@ -260,9 +246,9 @@ def propagate_with_reprompts(
                 rep.queries += 1
             return detections
 
-        for obj_idx, obj_id in list(state["obj_idx_to_id"].items()):
+        for obj_id in state.obj_ids:
             if rep.policy.same_class and not rep.knows_label(obj_id):
-                box = _prompt_box(predictor, state, obj_idx, frame_idx)
+                box = _prompt_box(predictor, state, obj_id, frame_idx)
                 if box is not None:
                     rep.learn_label(obj_id, box, detect())
             reason = rep.due(obj_id)
@@ -276,17 +262,8 @@ def propagate_with_reprompts(
             rep.log.append(Reprompt(frame_idx, obj_id, chosen.box, chosen.score, chosen.label, reason))
             rep.prompted(obj_id, frame_idx)
 
-    kw = dict(propagate_kw)
-    if tree_based:
-        user_observer = kw.pop("observer", None)
-
-        def both(step: PathwayStep) -> None:
-            observer(step)
-            if user_observer is not None:
-                user_observer(step)
-
-        kw["observer"] = both
-    for frame_idx, obj_ids, masks in predictor.propagate_in_video(state, before_frame=before_frame, **kw):
+    steps = predictor.propagate_in_video(state, before_frame=before_frame, observer=observer, **propagate_kw)
+    for frame_idx, obj_ids, masks in steps:
         for i, obj_id in enumerate(obj_ids):
             rep.observe_box(obj_id, mask_box((masks[i, 0] > 0).cpu().numpy()))
         yield frame_idx, obj_ids, masks

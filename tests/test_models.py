@@ -587,7 +587,7 @@ def test_build_model_by_name_downloads_and_loads_the_weights(
     assert all(torch.equal(loaded[k], v) for k, v in expected.items())
 
     predictor = build_model_by_name(spec, checkpoint=ckpt, num_pathways=2, **small)
-    assert isinstance(predictor, SAM2LongVideoPredictor) and predictor.sam2long.num_pathways == 2
+    assert isinstance(predictor, SAM2LongVideoPredictor) and predictor.tracker.config.num_pathways == 2
     loaded = predictor.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in expected.items())
     assert len(server.requests) == 1

@@ -51,7 +51,7 @@ def _same_object(a: torch.Tensor, b: torch.Tensor, exact: bool) -> bool:
 
 
 def _exact(predictor) -> bool:
-    return not getattr(predictor, "batch_objects", False)
+    return not predictor.tracker.batch_objects
 
 
 def _first_object(predictor, state) -> None:

@@ -63,7 +63,7 @@ _CHECK_INSTALLED = textwrap.dedent(
         "image_model": type(image_model).__name__,
         "image_size": image_model.image_size,
         "tracker": type(tracker).__name__,
-        "tracker_config": [tracker.sam2long.iou_threshold, tracker.sam2long.num_pathways],
+        "tracker_config": [tracker.tracker.config.iou_threshold, tracker.tracker.config.num_pathways],
         "legacy_target": legacy.model._target_,
     }))
     """

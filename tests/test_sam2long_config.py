@@ -183,15 +183,15 @@ def test_builder_passes_the_config_at_construction(
     paper_model: SAM2LongVideoPredictor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert isinstance(paper_model, SAM2LongVideoPredictor)
-    assert paper_model.sam2long == SAM2LongConfig.from_preset("paper", num_pathways=4)
-    assert paper_model.store_outputs is True
+    assert paper_model.tracker.config == SAM2LongConfig.from_preset("paper", num_pathways=4)
+    assert paper_model.tracker.store_outputs is True
     assert paper_model.image_size == 256 and not paper_model.training
 
     seen: list[dict] = []
     original = SAM2LongVideoPredictor.__init__
 
     def spy(self, *args, **kwargs):
-        seen.append({"sam2long": kwargs.get("sam2long"), "store_outputs": kwargs.get("store_outputs")})
+        seen.append({"config": kwargs.get("config"), "store_outputs": kwargs.get("store_outputs")})
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(SAM2LongVideoPredictor, "__init__", spy)
@@ -199,16 +199,16 @@ def test_builder_passes_the_config_at_construction(
     model = build_sam2long_video_predictor(
         TINY, device="cpu", hydra_overrides_extra=SMALL_IMAGE, config=custom, store_outputs=False
     )
-    assert seen == [{"sam2long": custom, "store_outputs": False}]
-    assert seen[0]["sam2long"] is custom and model.sam2long is custom
-    assert model.store_outputs is False
+    assert seen == [{"config": custom, "store_outputs": False}]
+    assert seen[0]["config"] is custom and model.tracker.config is custom
+    assert model.tracker.store_outputs is False
 
 
 def test_builder_rejects_bad_settings_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_build(*args, **kwargs):
         raise AssertionError("the model must not be built")
 
-    monkeypatch.setattr("sam2long.build._build_video_predictor", no_build)
+    monkeypatch.setattr("sam2long.build.build_video_predictor_class", no_build)
     with pytest.raises(ValueError, match="num_pathways must be >= 1"):
         build_sam2long_video_predictor(TINY, device="cpu", num_pathways=0)
     with pytest.raises(ValueError, match="'iou_thre'"):

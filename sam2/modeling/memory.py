@@ -24,13 +24,62 @@ import torch
 from torch import Tensor
 
 
+def tpos_enc_row(num_maskmem: int, t_pos: int) -> int:
+    """Row of ``maskmem_tpos_enc`` for temporal slot ``t_pos`` (0 = conditioning frame,
+    ``1 .. num_maskmem - 1`` = oldest .. newest recent frame)."""
+    return num_maskmem - t_pos - 1
+
+
+def recent_index(current: int, t_rel: int, stride: int = 1, reverse: bool = False) -> int:
+    """Index of the frame (or step) remembered ``t_rel`` places before ``current`` in tracking order.
+
+    ``t_rel == 1`` is the adjacent one; farther memories sit on the grid of every ``stride``-th index.
+    """
+    if t_rel == 1:
+        return current + 1 if reverse else current - 1
+    if reverse:
+        nearest = -(-(current + 2) // stride) * stride  # first grid index >= current + 2
+        return nearest + (t_rel - 2) * stride
+    nearest = ((current - 2) // stride) * stride  # last grid index <= current - 2
+    return nearest - (t_rel - 2) * stride
+
+
+def recent_memory_slots(
+    current: int,
+    num_maskmem: int,
+    pointer_budget: int,
+    num_frames: int,
+    stride: int = 1,
+    reverse: bool = False,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """SAM 2's recent-memory rule, the one place it is written.
+
+    Returns ``(spatial, pointers)``: ``(t_pos, index)`` of the ``num_maskmem - 1`` recent spatial
+    memories (oldest first, ``t_pos`` 1 .. num_maskmem - 1) and ``(distance, index)`` of the recent object
+    pointers (most recent first, at most ``pointer_budget - 1``, indices inside ``[0, num_frames)``).
+    Indices are frames (SAM 2 over a session) or processing steps (a SAM2Long pathway); the caller looks
+    them up and skips the ones it has no memory for.
+    """
+    spatial = [
+        (t_pos, recent_index(current, num_maskmem - t_pos, stride, reverse))
+        for t_pos in range(1, num_maskmem)
+    ]
+    pointers = []
+    for distance in range(1, pointer_budget):
+        index = current + distance if reverse else current - distance
+        if not 0 <= index < num_frames:
+            break
+        pointers.append((distance, index))
+    return spatial, pointers
+
+
 @dataclass
 class SpatialMemory:
     """One encoded memory frame of an item.
 
     ``features`` may be stored offloaded and in reduced precision; they are moved and cast when
-    the batch is assembled. ``tpos_index`` is the row of ``maskmem_tpos_enc`` (SAM 2 uses
-    ``num_maskmem - t_pos - 1``), ``weight`` scales the attention keys of this frame's tokens.
+    the batch is assembled. ``tpos_index`` is the row of ``maskmem_tpos_enc`` (:func:`tpos_enc_row`),
+    ``weight`` scales the attention keys of this frame's tokens.
     """
 
     features: Tensor  # [b, C_mem, h, w]

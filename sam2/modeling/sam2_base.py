@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.init import trunc_normal_
 
-from sam2.engine import Candidates, FrameFeatures, NewMemories
+from sam2.engine import Candidates, FrameFeatures, FrameOutput, NewMemories
 from sam2.modeling.memory import (
     ItemMemory,
     ItemTokens,
@@ -29,6 +29,8 @@ from sam2.modeling.memory import (
     PointerMemory,
     SpatialMemory,
     pad_and_stack,
+    recent_memory_slots,
+    tpos_enc_row,
 )
 from sam2.modeling.sam.mask_decoder import MaskDecoder
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
@@ -49,7 +51,6 @@ NO_OBJ_SCORE = -1024.0
 _MASK_LOGIT_SCALE = 20.0
 _MASK_LOGIT_BIAS = -10.0
 
-FrameOutput = dict[str, Any]
 # (temporal position, stored frame output or None for "no frame here")
 MemoryEntry = tuple[int, Optional[FrameOutput]]
 # (signed/unsigned frame distance, object pointer of shape [B, C])
@@ -606,7 +607,7 @@ class SAM2Base(nn.Module):
     def _spatial_entry(self, out: FrameOutput, t_pos: int) -> SpatialMemory:
         """A stored frame output as a spatial memory at temporal position ``t_pos`` (0 = conditioning)."""
         return SpatialMemory(
-            out["maskmem_features"], out["maskmem_pos_enc"][-1], self.num_maskmem - t_pos - 1
+            out["maskmem_features"], out["maskmem_pos_enc"][-1], tpos_enc_row(self.num_maskmem, t_pos)
         )
 
     def _memory_item(self, entries: list[MemoryEntry], pointer_entries: list[PointerEntry]) -> ItemMemory:
@@ -641,58 +642,37 @@ class SAM2Base(nn.Module):
         Returns ``(memory_entries, pointer_entries)``: ``(t_pos, frame_output)`` pairs for the
         spatial memory (``t_pos`` 0 = conditioning frame, 1..num_maskmem-1 = oldest..newest
         recent frame; ``None`` outputs are skipped) and ``(distance, obj_ptr)`` pairs for the
-        object pointers. Subclasses override this to change the memory-selection policy.
+        object pointers: the selected conditioning frames, then the recent frames of
+        :func:`~sam2.modeling.memory.recent_memory_slots` (a conditioning frame dropped by the
+        cond-frame limit still counts as recent). Subclasses override this to change the policy.
         """
-        if not output_dict["cond_frame_outputs"]:
+        cond_outputs = output_dict["cond_frame_outputs"]
+        if not cond_outputs:
             raise ValueError("tracking a non-conditioning frame needs at least one conditioning frame")
         selected, unselected = select_closest_cond_frames(
-            frame_idx, output_dict["cond_frame_outputs"], self.max_cond_frames_in_attn
+            frame_idx, cond_outputs, self.max_cond_frames_in_attn
         )
-        memory_entries = self._select_spatial_memories(
-            frame_idx, selected, unselected, output_dict, track_in_reverse
+        non_cond = output_dict["non_cond_frame_outputs"]
+        spatial_slots, pointer_slots = recent_memory_slots(
+            frame_idx,
+            self.num_maskmem,
+            min(num_frames, self.max_obj_ptrs_in_encoder),
+            num_frames,
+            stride=1 if self.training else self.memory_temporal_stride_for_eval,
+            reverse=track_in_reverse,
         )
+        memory_entries: list[MemoryEntry] = [(0, out) for out in selected.values()]
+        for t_pos, index in spatial_slots:
+            out = non_cond.get(index)
+            memory_entries.append((t_pos, unselected.get(index) if out is None else out))
         pointer_entries: list[PointerEntry] = []
         if self.use_obj_ptrs_in_encoder:
-            pointer_entries = self._select_object_pointers(
-                frame_idx, selected, unselected, output_dict, num_frames, track_in_reverse
-            )
+            pointer_entries = self._cond_frame_pointers(frame_idx, selected, track_in_reverse)
+            for distance, index in pointer_slots:
+                out = non_cond.get(index, unselected.get(index))
+                if out is not None:
+                    pointer_entries.append((distance, out["obj_ptr"]))
         return memory_entries, pointer_entries
-
-    def _memory_frame_index(self, frame_idx: int, t_rel: int, track_in_reverse: bool) -> int:
-        """Index of the frame remembered ``t_rel`` steps before ``frame_idx`` (in tracking order).
-
-        ``t_rel == 1`` is always the adjacent frame; farther memories sit on the grid of every
-        ``stride``-th frame (stride = ``memory_temporal_stride_for_eval`` at eval, 1 in training).
-        """
-        stride = 1 if self.training else self.memory_temporal_stride_for_eval
-        if t_rel == 1:
-            return frame_idx + 1 if track_in_reverse else frame_idx - 1
-        if track_in_reverse:
-            nearest = -(-(frame_idx + 2) // stride) * stride  # first grid frame >= frame_idx + 2
-            return nearest + (t_rel - 2) * stride
-        nearest = ((frame_idx - 2) // stride) * stride  # last grid frame <= frame_idx - 2
-        return nearest - (t_rel - 2) * stride
-
-    def _select_spatial_memories(
-        self,
-        frame_idx: int,
-        selected_cond_outputs: dict[int, FrameOutput],
-        unselected_cond_outputs: dict[int, FrameOutput],
-        output_dict: dict[str, dict[int, FrameOutput]],
-        track_in_reverse: bool,
-    ) -> list[MemoryEntry]:
-        """Default policy: all selected conditioning frames plus the last num_maskmem-1 frames."""
-        entries: list[MemoryEntry] = [(0, out) for out in selected_cond_outputs.values()]
-        non_cond = output_dict["non_cond_frame_outputs"]
-        for t_pos in range(1, self.num_maskmem):
-            t_rel = self.num_maskmem - t_pos  # frames back from the current one
-            prev_idx = self._memory_frame_index(frame_idx, t_rel, track_in_reverse)
-            out = non_cond.get(prev_idx)
-            if out is None:
-                # A conditioning frame dropped by the cond-frame limit still counts as recent.
-                out = unselected_cond_outputs.get(prev_idx)
-            entries.append((t_pos, out))
-        return entries
 
     def _cond_frame_pointers(
         self, frame_idx: int, selected_cond_outputs: dict[int, FrameOutput], track_in_reverse: bool
@@ -710,28 +690,6 @@ class SAM2Base(nn.Module):
         for t, out in cond_outputs.items():
             dist = (frame_idx - t) * sign if self.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t)
             entries.append((dist, out["obj_ptr"]))
-        return entries
-
-    def _select_object_pointers(
-        self,
-        frame_idx: int,
-        selected_cond_outputs: dict[int, FrameOutput],
-        unselected_cond_outputs: dict[int, FrameOutput],
-        output_dict: dict[str, dict[int, FrameOutput]],
-        num_frames: int,
-        track_in_reverse: bool,
-    ) -> list[PointerEntry]:
-        """Default policy: pointers of conditioning frames, then of up to max-1 recent frames."""
-        max_ptrs = min(num_frames, self.max_obj_ptrs_in_encoder)
-        entries = self._cond_frame_pointers(frame_idx, selected_cond_outputs, track_in_reverse)
-        non_cond = output_dict["non_cond_frame_outputs"]
-        for t_diff in range(1, max_ptrs):
-            t = frame_idx + t_diff if track_in_reverse else frame_idx - t_diff
-            if t < 0 or (num_frames is not None and t >= num_frames):
-                break
-            out = non_cond.get(t, unselected_cond_outputs.get(t))
-            if out is not None:
-                entries.append((t_diff, out["obj_ptr"]))
         return entries
 
     # ------------------------------------------------------------------ tracking engine

@@ -32,13 +32,14 @@ from typing import Any, Optional, Union
 
 import torch
 
+from sam2.engine import FrameOutput
+
 #: Default RAM budget of a session's tracked outputs (a few seconds of video at 1024 px).
 DEFAULT_RAM_BUDGET_BYTES = 64 * 2**20
 
 #: Entries kept by reference when spilled: shared values that cost nothing to keep in RAM.
 _SHARED_KEYS = ("maskmem_pos_enc",)
 
-FrameOutput = dict[str, Any]
 _Key = tuple[int, int]  # (namespace, frame index)
 
 
