@@ -362,12 +362,3 @@ def test_concat_points_appends_along_the_point_axis() -> None:
     both = misc.concat_points(first, torch.zeros(1, 2, 2), torch.zeros(1, 2, dtype=torch.int32))
     assert both["point_coords"].shape == (1, 3, 2) and both["point_labels"].tolist() == [[1, 0, 0]]
 
-
-def test_sdpa_settings() -> None:
-    old_gpu, use_flash_attn, math_kernel_on = misc.get_sdpa_settings()
-    if not torch.cuda.is_available():
-        assert (old_gpu, use_flash_attn, math_kernel_on) == (True, False, True)
-    else:
-        major = torch.cuda.get_device_properties(0).major
-        assert (old_gpu, use_flash_attn) == (major < 7, major >= 8)
-        assert math_kernel_on or use_flash_attn

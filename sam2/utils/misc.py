@@ -1,5 +1,4 @@
-"""Small utilities shared by the predictors: attention-kernel settings, connected components,
-mask post-processing, prompt bookkeeping and video loading.
+"""Small utilities shared by the predictors: connected components, mask post-processing, prompt bookkeeping and video loading.
 
 Everything here runs on any device. In particular the connected-component labelling (used to
 fill small holes in predicted masks) has a pure-torch path for CUDA tensors and an OpenCV path
@@ -14,7 +13,6 @@ import ctypes
 import ctypes.util
 import functools
 import threading
-import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -28,36 +26,6 @@ from sam2.utils.frame_sources import FrameSource, VideoInput, open_frame_source,
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def get_sdpa_settings() -> tuple[bool, bool, bool]:
-    """Decide which scaled-dot-product-attention kernels the attention layers may use.
-
-    Returns ``(old_gpu, use_flash_attn, math_kernel_on)``. Without CUDA (CPU, MPS) only the math
-    kernel is meaningful, so we report an "old GPU" with flash attention off.
-    """
-    if not torch.cuda.is_available():
-        return True, False, True
-
-    major = torch.cuda.get_device_properties(0).major
-    old_gpu = major < 7
-    use_flash_attn = major >= 8  # Flash Attention needs Ampere (compute capability 8.0) or newer
-    if not use_flash_attn:
-        warnings.warn(
-            "Flash Attention is disabled as it requires a GPU with Ampere (8.0) CUDA capability.",
-            category=UserWarning,
-            stacklevel=2,
-        )
-    torch_version = tuple(int(part) for part in torch.__version__.split(".")[:2])
-    if torch_version < (2, 2):
-        warnings.warn(
-            f"PyTorch {torch.__version__} has no Flash Attention v2; PyTorch 2.2+ may be faster.",
-            category=UserWarning,
-            stacklevel=2,
-        )
-    # Flash Attention v1 (before PyTorch 2.2) cannot handle every shape, so keep the math kernel.
-    math_kernel_on = torch_version < (2, 2) or not use_flash_attn
-    return old_gpu, use_flash_attn, math_kernel_on
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,9 +465,8 @@ class PrefetchingVideoFrames:
                 self._changed.notify_all()
 
 
-#: names of the two loaders that :class:`PrefetchingVideoFrames` replaced
+#: upstream's name of the lazy frame loader, which :class:`PrefetchingVideoFrames` replaces
 AsyncVideoFrameLoader = PrefetchingVideoFrames
-StreamingVideoFrames = PrefetchingVideoFrames
 
 
 def load_video_frames(
