@@ -307,11 +307,6 @@ class PathwayTree(Generic[T]):
             return self._released_payloads[node]
         raise KeyError(f"node {node} has no payload (never attached, or released before the last update)")
 
-    @property
-    def num_payloads(self) -> int:
-        """Payloads held, including those of nodes released by the latest update."""
-        return len(self._payloads) + len(self._released_payloads)
-
     # ------------------------------------------------------------------ updates
     def start(self, step: int, iou: float, obj_logit: float, candidate: int = -1) -> StepReport:
         """Create the root: the single unbranched output of the first step after the conditioning frame.

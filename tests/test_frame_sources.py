@@ -26,7 +26,7 @@ from sam2.utils.frame_sources import (
     resize_to_model_input,
     sort_frame_names,
 )
-from sam2.utils.misc import PrefetchingVideoFrames, load_video_frames
+from sam2.utils.video_frames import PrefetchingVideoFrames, load_video_frames
 
 ASSETS = Path(__file__).parent / "assets"
 BEDROOM = ASSETS / "bedroom"

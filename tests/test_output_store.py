@@ -194,7 +194,7 @@ def test_long_propagation_keeps_session_memory_bounded(
     """A few hundred small frames with a tiny budget: the store's own byte count stays under the budget,
     every older output is spilled, and none is lost; freed heap pages are released every 64 frames."""
     import sam2.sam2_video_predictor as video_predictor
-    from sam2.utils.misc import release_free_heap
+    from sam2.utils.heap import release_free_heap
 
     assert release_free_heap(), "glibc's malloc_trim is available on Linux"
     releases = []

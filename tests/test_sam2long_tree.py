@@ -372,26 +372,43 @@ def test_build_tree_from_config():
     )
 
 
+def _is_stored(tree: PathwayTree, node: int) -> bool:
+    try:
+        tree.record(node)
+    except KeyError:
+        return False
+    return True
+
+
 def test_tree_owns_payloads_and_frees_released_ones_after_the_next_update():
     tree: PathwayTree[str] = PathwayTree(2, history_size=0)
     root = tree.start(1, 0.9, 4.0).created[0].node
     tree.attach(root, "root")
+    attached = {root: "root"}
     r2 = tree.branch(2, _row([[0.9, 0.5, 0.3]] * 2), _row([0.5] * 2), 2.0)  # uncertain: two children
     for c in r2.created:
         tree.attach(c.node, f"n{c.candidate}")
+        attached[c.node] = f"n{c.candidate}"
     a, b = (c.node for c in r2.created)
     # frame 3: both pathways descend from a -> b is released, frame 2 committed to a, root compacted away
     r3 = tree.branch(3, _row([[0.9, 0.5, 0.3], [0.1, 0.1, 0.1]]), _row([5.0, 5.0]), 2.0)
     for c in r3.created:
         tree.attach(c.node, "x")
+        attached[c.node] = "x"
     assert b in r3.released and root in r3.released
     assert [(c.step, c.node) for c in r3.committed][0] == (2, a)
     assert tree.payload(b) == "n1" and tree.payload(root) == "root", "readable until the next update"
-    tree.branch(4, _row([[0.9, 0.5, 0.3]] * 2), _row([5.0, 5.0]), 2.0)
+    r4 = tree.branch(4, _row([[0.9, 0.5, 0.3]] * 2), _row([5.0, 5.0]), 2.0)
     for node in (b, root):
         with pytest.raises(KeyError):
             tree.payload(node)
     assert tree.payload(a) == "n0"
-    assert tree.num_payloads <= tree.num_stored_nodes + len(r3.released)
+    # nothing else is held: a payload is readable exactly while its node is stored or was just released
+    for node, value in attached.items():
+        if _is_stored(tree, node) or node in r4.released:
+            assert tree.payload(node) == value
+        else:
+            with pytest.raises(KeyError):
+                tree.payload(node)
     with pytest.raises(KeyError):
         tree.attach(b, "late")

@@ -14,7 +14,7 @@ from PIL import Image
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2.sam2_video_predictor import SAM2VideoPredictor, SAM2VideoPredictorVOS
-from sam2.utils import misc
+from sam2.utils import mask_postprocess, misc, point_inputs, video_frames
 
 BEDROOM = Path(__file__).parent / "assets" / "bedroom"
 HEIGHT, WIDTH = 270, 480
@@ -308,11 +308,11 @@ def _bfs_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def test_connected_components_match_reference(density: float) -> None:
     generator = torch.Generator().manual_seed(int(density * 10))
     masks = torch.rand(3, 1, 23, 31, generator=generator) < density
-    labels, areas = misc.get_connected_components(masks)
+    labels, areas = mask_postprocess.get_connected_components(masks)
     assert labels.dtype == torch.int32 and labels.shape == masks.shape
     height, width = masks.shape[-2:]
-    torch_ids = misc._component_ids_torch(masks.reshape(3, -1), height, width)
-    torch_labels, torch_areas = misc._canonical_labels_and_areas(torch_ids, masks.reshape(3, -1))
+    torch_ids = mask_postprocess._component_ids_torch(masks.reshape(3, -1), height, width)
+    torch_labels, torch_areas = mask_postprocess._canonical_labels_and_areas(torch_ids, masks.reshape(3, -1))
     for index in range(3):
         expected_labels, expected_areas = _bfs_components(masks[index, 0].numpy())
         np.testing.assert_array_equal(labels[index, 0].numpy(), expected_labels)
@@ -328,8 +328,8 @@ def test_connected_components_torch_path_handles_long_snakes() -> None:
     mask[..., 0::8, -1] = mask[..., 1::8, -1] = mask[..., 2::8, -1] = mask[..., 3::8, -1] = True
     mask[..., 4::8, 0] = mask[..., 5::8, 0] = mask[..., 6::8, 0] = mask[..., 7::8, 0] = True
     mask[..., 60:, -1] = False
-    ids = misc._component_ids_torch(mask.reshape(1, -1), 64, 64)
-    labels, areas = misc._canonical_labels_and_areas(ids, mask.reshape(1, -1))
+    ids = mask_postprocess._component_ids_torch(mask.reshape(1, -1), 64, 64)
+    labels, areas = mask_postprocess._canonical_labels_and_areas(ids, mask.reshape(1, -1))
     assert labels[mask.reshape(1, -1)].unique().tolist() == [1]
     assert torch.all(areas[mask.reshape(1, -1)] == mask.sum())
 
@@ -339,35 +339,40 @@ def test_fill_holes_and_sprinkles() -> None:
     logits[..., 2:10, 2:10] = 5.0
     logits[..., 5:7, 5:7] = -3.0  # hole of 4 pixels
     logits[..., 0, 11] = 2.0  # sprinkle of 1 pixel
-    filled = misc.fill_holes_in_mask_scores(logits, max_area=4)
+    filled = mask_postprocess.fill_holes_in_mask_scores(logits, max_area=4)
     assert torch.all(filled[..., 5:7, 5:7] == 0.1)
     assert torch.equal(filled[..., :5, :], logits[..., :5, :])  # background outside stays
-    assert torch.equal(misc.fill_holes_in_mask_scores(logits, max_area=3), logits)
-    cleaned = misc.fill_holes_in_mask_scores(logits, max_area=4, max_sprinkle_area=1)
+    assert torch.equal(mask_postprocess.fill_holes_in_mask_scores(logits, max_area=3), logits)
+    cleaned = mask_postprocess.fill_holes_in_mask_scores(logits, max_area=4, max_sprinkle_area=1)
     assert cleaned[0, 0, 0, 11] == -0.1 and torch.all(cleaned[..., 5:7, 5:7] == 0.1)
     with pytest.raises(ValueError):
-        misc.fill_holes_in_mask_scores(logits, max_area=0)
+        mask_postprocess.fill_holes_in_mask_scores(logits, max_area=0)
 
 
 def test_mask_to_box() -> None:
     masks = torch.zeros(2, 1, 6, 8, dtype=torch.bool)
     masks[0, 0, 1:4, 2:7] = True
-    boxes = misc.mask_to_box(masks)
+    boxes = mask_postprocess.mask_to_box(masks)
     assert boxes.dtype == torch.int32 and boxes.shape == (2, 1, 4)
     assert boxes.tolist() == [[[2, 1, 6, 3]], [[8, 6, -1, -1]]]
 
 
 def test_concat_points_appends_along_the_point_axis() -> None:
-    first = misc.concat_points(None, torch.ones(1, 1, 2), torch.ones(1, 1, dtype=torch.int32))
-    both = misc.concat_points(first, torch.zeros(1, 2, 2), torch.zeros(1, 2, dtype=torch.int32))
+    first = point_inputs.concat_points(None, torch.ones(1, 1, 2), torch.ones(1, 1, dtype=torch.int32))
+    both = point_inputs.concat_points(first, torch.zeros(1, 2, 2), torch.zeros(1, 2, dtype=torch.int32))
     assert both["point_coords"].shape == (1, 3, 2) and both["point_labels"].tolist() == [[1, 0, 0]]
 
 
-def test_sdpa_settings() -> None:
-    old_gpu, use_flash_attn, math_kernel_on = misc.get_sdpa_settings()
-    if not torch.cuda.is_available():
-        assert (old_gpu, use_flash_attn, math_kernel_on) == (True, False, True)
-    else:
-        major = torch.cuda.get_device_properties(0).major
-        assert (old_gpu, use_flash_attn) == (major < 7, major >= 8)
-        assert math_kernel_on or use_flash_attn
+def test_misc_is_the_upstream_compatible_import_path() -> None:
+    """``from sam2.utils.misc import ...`` (upstream's path) gives the objects the library itself uses."""
+    from sam2.utils import heap
+
+    assert misc.get_connected_components is mask_postprocess.get_connected_components
+    assert misc.fill_holes_in_mask_scores is mask_postprocess.fill_holes_in_mask_scores
+    assert misc.mask_to_box is mask_postprocess.mask_to_box
+    assert misc.concat_points is point_inputs.concat_points
+    assert misc.load_video_frames is video_frames.load_video_frames
+    assert misc.AsyncVideoFrameLoader is misc.PrefetchingVideoFrames is video_frames.PrefetchingVideoFrames
+    assert misc.release_free_heap is heap.release_free_heap
+    assert misc.HEAP_RELEASE_EVERY == heap.HEAP_RELEASE_EVERY
+    assert sorted(misc.__all__) == sorted(name for name in vars(misc) if not name.startswith("_"))

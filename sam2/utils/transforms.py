@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from PIL.Image import Image
 from torch import Tensor, nn
 
+from sam2.utils.mask_postprocess import get_connected_components
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -117,8 +119,6 @@ class SAM2Transforms(nn.Module):
         If connected components cannot be computed (e.g. a missing compiled extension), the
         masks are returned unchanged with a warning, as this step only polishes results.
         """
-        from sam2.utils.misc import get_connected_components
-
         original = masks
         flat = masks.flatten(0, 1).unsqueeze(1)  # every mask as a 1-channel image
         try:
