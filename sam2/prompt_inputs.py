@@ -113,6 +113,19 @@ def mask_prompt(mask: Any, video_size: tuple[int, int], image_size: int, device:
     return mask_inputs
 
 
+def concat_points(
+    old_point_inputs: Optional[dict[str, Tensor]], new_points: Tensor, new_labels: Tensor
+) -> dict[str, Tensor]:
+    """Append new clicks ``(B, P, 2)`` and their labels ``(B, P)`` after any earlier ones, in the form the
+    SAM heads take (``{"point_coords", "point_labels"}``)."""
+    if old_point_inputs is None:
+        return {"point_coords": new_points, "point_labels": new_labels}
+    return {
+        "point_coords": torch.cat([old_point_inputs["point_coords"], new_points], dim=1),
+        "point_labels": torch.cat([old_point_inputs["point_labels"], new_labels], dim=1),
+    }
+
+
 def _check_in_frame(what: str, xy: Tensor, limits: tuple[float, float], space: str) -> None:
     """Every ``(x, y)`` row of ``xy`` lies inside ``[0, limits[0]] x [0, limits[1]]``."""
     if xy.numel() == 0:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from sam2.engine import PropagationCursor, Timeline
 from sam2.tracker import ObjectTracker, Outcome, PropagationRun, StepObserver, Tracker, TrackStep
-from sam2.utils.misc import HEAP_RELEASE_EVERY, release_free_heap
+from sam2.utils.heap import HEAP_RELEASE_EVERY, release_free_heap
 
 if TYPE_CHECKING:
     from sam2.sam2_video_predictor import SAM2VideoPredictor

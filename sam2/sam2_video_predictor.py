@@ -32,12 +32,13 @@ from sam2.engine import Candidates, FrameFeatures, FrameOutput, NewMemories, Tim
 from sam2.modeling.memory import ItemMemory
 from sam2.modeling.sam2_base import NO_OBJ_SCORE, SAM2Base
 from sam2.precision import autocast_method
-from sam2.prompt_inputs import check_frame_idx, mask_prompt, point_prompt
+from sam2.prompt_inputs import check_frame_idx, concat_points, mask_prompt, point_prompt
 from sam2.propagation import propagate
 from sam2.session import InferenceSession
 from sam2.tracker import SAM2Tracker, StepObserver, Tracker
-from sam2.utils.misc import concat_points, fill_holes_in_mask_scores, load_video_frames
+from sam2.utils.mask_postprocess import fill_holes_in_mask_scores
 from sam2.utils.output_store import DEFAULT_RAM_BUDGET_BYTES, OutputStore
+from sam2.utils.video_frames import load_video_frames
 
 #: what ``init_state`` returns (upstream's name)
 InferenceState = InferenceSession
@@ -108,7 +109,7 @@ class SAM2VideoPredictor(SAM2Base):
         """Load a video and start a session on it.
 
         ``video_path`` is a folder of JPEG/PNG frames, a video file, or in-memory frames (see
-        :func:`sam2.utils.misc.load_video_frames`). ``offload_video_to_cpu`` keeps the frames in
+        :func:`sam2.utils.video_frames.load_video_frames`). ``offload_video_to_cpu`` keeps the frames in
         CPU memory and ``offload_state_to_cpu`` keeps the stored memories and masks there, both
         trading a little speed for accelerator memory. By default frames are decoded when first
         used into a small ring with read-ahead in the direction of playback (memory constant in the
@@ -137,7 +138,7 @@ class SAM2VideoPredictor(SAM2Base):
             images, video_height, video_width, self.device, store, offload_video_to_cpu, offload_state_to_cpu
         )
         # Encode frame 0 right away: it is cached and usually the first frame users prompt.
-        self._get_image_feature(session, frame_idx=0, batch_size=1)
+        self.frame_features(session, frame_idx=0, batch_size=1)
         return session
 
     # ------------------------------------------------------------------ prompts
@@ -229,18 +230,31 @@ class SAM2VideoPredictor(SAM2Base):
                 logits = previous["pred_masks"].to(session.device, non_blocking=True)
                 # Bound the logits so that very confident old predictions stay numerically tame.
                 prev_sam_mask_logits = torch.clamp(logits, -32.0, 32.0)
-        current_out, _ = self._run_single_frame_inference(
-            session,
-            obj.output_dict(),
-            frame_idx,
-            batch_size=1,
+        features = self.frame_features(session, frame_idx, 1)
+        out = self.track_step(
+            frame_idx=frame_idx,
             is_init_cond_frame=is_init_cond_frame,
+            current_vision_feats=features.vision_feats,
+            current_vision_pos_embeds=features.vision_pos_embeds,
+            feat_sizes=features.feat_sizes,
             point_inputs=point_inputs,
             mask_inputs=mask_inputs,
-            reverse=reverse,
-            run_mem_encoder=False,
+            output_dict=obj.output_dict(),
+            num_frames=session.num_frames,
+            track_in_reverse=reverse,
+            run_mem_encoder=False,  # the memory is encoded once prompting is done (preflight)
             prev_sam_mask_logits=prev_sam_mask_logits,
         )
+        current_out = {
+            "maskmem_features": None,
+            "maskmem_pos_enc": None,
+            "pred_masks": self.postprocess_masks(out["pred_masks"]).to(
+                session.storage_device, non_blocking=True
+            ),
+            # pointers are tiny and read on every frame, so they stay on the compute device
+            "obj_ptr": out["obj_ptr"],
+            "object_score_logits": out["object_score_logits"],
+        }
         (obj.temp_cond_outputs if is_cond else obj.temp_tracked_outputs)[frame_idx] = current_out
         return self._frame_output(session, frame_idx, is_cond)
 
@@ -347,18 +361,16 @@ class SAM2VideoPredictor(SAM2Base):
             mode="bilinear",
             align_corners=False,
         )
-        _, _, vision_feats, _, feat_sizes = self._get_image_feature(
-            session, frame_idx, high_res_masks.size(0)
-        )
+        features = self.frame_features(session, frame_idx, high_res_masks.size(0))
         maskmem_features, maskmem_pos_enc = self._encode_new_memory(
-            current_vision_feats=vision_feats,
-            feat_sizes=feat_sizes,
+            current_vision_feats=features.vision_feats,
+            feat_sizes=features.feat_sizes,
             pred_masks_high_res=high_res_masks,
             object_score_logits=out["object_score_logits"],
             is_mask_from_pts=True,  # the user interacted with this frame
         )
         out["maskmem_features"] = self._store_memory(session, maskmem_features)
-        out["maskmem_pos_enc"] = self._get_maskmem_pos_enc(session, maskmem_pos_enc)
+        out["maskmem_pos_enc"] = session.share_memory_pos_enc(maskmem_pos_enc)
 
     def processing_timeline(
         self,
@@ -425,10 +437,20 @@ class SAM2VideoPredictor(SAM2Base):
     def frame_features(
         self, inference_state: InferenceSession, frame_idx: int, batch_size: int
     ) -> FrameFeatures:
-        """Backbone features of a frame for ``batch_size`` rows (the image encoder runs once per frame)."""
-        _, _, vision_feats, vision_pos_embeds, feat_sizes = self._get_image_feature(
-            inference_state, frame_idx, batch_size
-        )
+        """Backbone features of a frame, expanded (without copying) to ``batch_size`` rows. The features of
+        the most recently used frame are cached, so prompting or tracking several objects on a frame runs
+        the image encoder once."""
+        session = inference_state
+        backbone_out = session.cached_features.get(frame_idx)
+        if backbone_out is None:
+            image = session.images[frame_idx].to(session.device).float().unsqueeze(0)
+            backbone_out = self.forward_image(image)
+            session.cached_features = {frame_idx: backbone_out}
+        expanded_out = {
+            key: [level.expand(batch_size, -1, -1, -1) for level in backbone_out[key]]
+            for key in ("backbone_fpn", "vision_pos_enc")
+        }
+        _, vision_feats, vision_pos_embeds, feat_sizes = self._prepare_backbone_features(expanded_out)
         return FrameFeatures(frame_idx, vision_feats, vision_pos_embeds, feat_sizes)
 
     def object_memory(
@@ -561,97 +583,10 @@ class SAM2VideoPredictor(SAM2Base):
 
     # ------------------------------------------------------------------ per-frame model calls
 
-    def _get_image_feature(
-        self, session: InferenceSession, frame_idx: int, batch_size: int
-    ) -> tuple[Tensor, dict[str, Any], list[Tensor], list[Tensor], list[tuple[int, int]]]:
-        """Backbone features of a frame, expanded (without copying) to ``batch_size`` tracks.
-
-        Returns ``(image, backbone_out, vision_feats, vision_pos_embeds, feat_sizes)`` as
-        :meth:`_prepare_backbone_features` does, with the image first. The features of the most
-        recently used frame are cached, so prompting or tracking several objects on a frame
-        runs the image encoder once.
-        """
-        image, backbone_out = session.cached_features.get(frame_idx, (None, None))
-        if backbone_out is None:
-            image = session.images[frame_idx].to(session.device).float().unsqueeze(0)
-            backbone_out = self.forward_image(image)
-            session.cached_features = {frame_idx: (image, backbone_out)}
-        expanded_out = {
-            "backbone_fpn": [feat.expand(batch_size, -1, -1, -1) for feat in backbone_out["backbone_fpn"]],
-            "vision_pos_enc": [pos.expand(batch_size, -1, -1, -1) for pos in backbone_out["vision_pos_enc"]],
-        }
-        features = self._prepare_backbone_features(expanded_out)
-        return (image.expand(batch_size, -1, -1, -1), *features)
-
     def _store_memory(self, session: InferenceSession, maskmem_features: Tensor) -> Tensor:
         """Convert a new spatial memory to the session's storage dtype and device."""
         maskmem_features = maskmem_features.to(self.maskmem_storage_dtype)
         return maskmem_features.to(session.storage_device, non_blocking=True)
-
-    def _run_single_frame_inference(
-        self,
-        session: InferenceSession,
-        output_dict: dict[str, Any],
-        frame_idx: int,
-        batch_size: int,
-        is_init_cond_frame: bool,
-        point_inputs: Optional[dict[str, Tensor]],
-        mask_inputs: Optional[Tensor],
-        reverse: bool,
-        run_mem_encoder: bool,
-        prev_sam_mask_logits: Optional[Tensor] = None,
-    ) -> tuple[FrameOutput, Tensor]:
-        """Predict masks on one frame from its prompts and the memories in ``output_dict``.
-
-        Returns ``(compact_out, pred_masks)``: the compact output to store in the session
-        (memory in the storage dtype/device) and the low-res logits on the compute device.
-        """
-        if point_inputs is not None and mask_inputs is not None:
-            raise ValueError("a frame's prompt is either points or a mask, not both")
-        _, _, current_vision_feats, current_vision_pos_embeds, feat_sizes = self._get_image_feature(
-            session, frame_idx, batch_size
-        )
-        current_out = self.track_step(
-            frame_idx=frame_idx,
-            is_init_cond_frame=is_init_cond_frame,
-            current_vision_feats=current_vision_feats,
-            current_vision_pos_embeds=current_vision_pos_embeds,
-            feat_sizes=feat_sizes,
-            point_inputs=point_inputs,
-            mask_inputs=mask_inputs,
-            output_dict=output_dict,
-            num_frames=session.num_frames,
-            track_in_reverse=reverse,
-            run_mem_encoder=run_mem_encoder,
-            prev_sam_mask_logits=prev_sam_mask_logits,
-        )
-        maskmem_features = current_out["maskmem_features"]
-        if maskmem_features is not None:
-            maskmem_features = self._store_memory(session, maskmem_features)
-        pred_masks = self.postprocess_masks(current_out["pred_masks"])
-        compact_out = {
-            "maskmem_features": maskmem_features,
-            "maskmem_pos_enc": self._get_maskmem_pos_enc(session, current_out["maskmem_pos_enc"]),
-            "pred_masks": pred_masks.to(session.storage_device, non_blocking=True),
-            # pointers are tiny and read on every frame, so they stay on the compute device
-            "obj_ptr": current_out["obj_ptr"],
-            "object_score_logits": current_out["object_score_logits"],
-        }
-        return compact_out, pred_masks
-
-    def _get_maskmem_pos_enc(
-        self, session: InferenceSession, pos_enc: Optional[list[Tensor]]
-    ) -> Optional[list[Tensor]]:
-        """The memory positional encoding, shared by all frames and objects.
-
-        One single-track copy is kept in the session and expanded to the batch size of ``pos_enc``;
-        returns None when there is no memory.
-        """
-        if pos_enc is None:
-            return None
-        if session.maskmem_pos_enc is None:
-            session.maskmem_pos_enc = [level[0:1].clone() for level in pos_enc]
-        return session.memory_pos_enc(pos_enc[0].size(0))
 
 
 def __getattr__(name: str) -> Any:

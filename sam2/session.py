@@ -122,8 +122,8 @@ class InferenceSession(Mapping[str, Any]):
         self.output_store = output_store
         #: objects in order of appearance; an object's index in this list is its model-side index
         self.objects: list[ObjectState] = []
-        #: backbone features of the most recently used frame: ``{frame_idx: (image, backbone_out)}``
-        self.cached_features: dict[int, tuple[Tensor, dict[str, Any]]] = {}
+        #: backbone features of the most recently used frame: ``{frame_idx: backbone_out}``
+        self.cached_features: dict[int, dict[str, Any]] = {}
         #: the memory positional encoding (identical for every frame and object), once computed
         self.maskmem_pos_enc: Optional[list[Tensor]] = None
         #: the propagation running on this session, if any
@@ -185,6 +185,15 @@ class InferenceSession(Mapping[str, Any]):
                     logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
                 masks[obj_idx : obj_idx + 1] = logits
         return masks
+
+    def share_memory_pos_enc(self, pos_enc: Optional[list[Tensor]]) -> Optional[list[Tensor]]:
+        """A new memory's positional encoding as the session's one shared copy (it is the same for every
+        frame and object), expanded to the memory's batch size; None for no memory."""
+        if pos_enc is None:
+            return None
+        if self.maskmem_pos_enc is None:
+            self.maskmem_pos_enc = [level[0:1].clone() for level in pos_enc]
+        return self.memory_pos_enc(pos_enc[0].size(0))
 
     def memory_pos_enc(self, batch_size: int) -> list[Tensor]:
         """The memory positional encoding (all levels) expanded to ``batch_size`` rows."""

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from sam2 import prompt_inputs
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2.sam2_video_predictor import SAM2VideoPredictor, SAM2VideoPredictorVOS
-from sam2.utils import mask_postprocess, misc, point_inputs, video_frames
+from sam2.utils import mask_postprocess, misc, video_frames
 
 BEDROOM = Path(__file__).parent / "assets" / "bedroom"
 HEIGHT, WIDTH = 270, 480
@@ -358,21 +359,18 @@ def test_mask_to_box() -> None:
 
 
 def test_concat_points_appends_along_the_point_axis() -> None:
-    first = point_inputs.concat_points(None, torch.ones(1, 1, 2), torch.ones(1, 1, dtype=torch.int32))
-    both = point_inputs.concat_points(first, torch.zeros(1, 2, 2), torch.zeros(1, 2, dtype=torch.int32))
+    first = prompt_inputs.concat_points(None, torch.ones(1, 1, 2), torch.ones(1, 1, dtype=torch.int32))
+    both = prompt_inputs.concat_points(first, torch.zeros(1, 2, 2), torch.zeros(1, 2, dtype=torch.int32))
     assert both["point_coords"].shape == (1, 3, 2) and both["point_labels"].tolist() == [[1, 0, 0]]
 
 
 def test_misc_is_the_upstream_compatible_import_path() -> None:
     """``from sam2.utils.misc import ...`` (upstream's path) gives the objects the library itself uses."""
-    from sam2.utils import heap
-
     assert misc.get_connected_components is mask_postprocess.get_connected_components
     assert misc.fill_holes_in_mask_scores is mask_postprocess.fill_holes_in_mask_scores
     assert misc.mask_to_box is mask_postprocess.mask_to_box
-    assert misc.concat_points is point_inputs.concat_points
+    assert misc.concat_points is prompt_inputs.concat_points
     assert misc.load_video_frames is video_frames.load_video_frames
     assert misc.AsyncVideoFrameLoader is misc.PrefetchingVideoFrames is video_frames.PrefetchingVideoFrames
-    assert misc.release_free_heap is heap.release_free_heap
-    assert misc.HEAP_RELEASE_EVERY == heap.HEAP_RELEASE_EVERY
+    assert not hasattr(misc, "release_free_heap"), "not an upstream name: imported from sam2.utils.heap"
     assert sorted(misc.__all__) == sorted(name for name in vars(misc) if not name.startswith("_"))

@@ -5,17 +5,15 @@ this library imports from those directly:
 
 - :mod:`sam2.utils.mask_postprocess`: ``get_connected_components``, ``fill_holes_in_mask_scores``,
   ``mask_to_box``;
-- :mod:`sam2.utils.point_inputs`: ``concat_points``;
+- :mod:`sam2.prompt_inputs`: ``concat_points``;
 - :mod:`sam2.utils.video_frames`: ``load_video_frames`` and the frames it returns,
-  ``PrefetchingVideoFrames`` (upstream's ``AsyncVideoFrameLoader``);
-- :mod:`sam2.utils.heap`: ``release_free_heap``, ``HEAP_RELEASE_EVERY``.
+  ``PrefetchingVideoFrames`` (upstream's ``AsyncVideoFrameLoader``).
 
 Upstream's ``get_sdpa_settings`` is not provided: the attention layers here do not use it.
 """
 
-from sam2.utils.heap import HEAP_RELEASE_EVERY, release_free_heap
+from sam2.prompt_inputs import concat_points
 from sam2.utils.mask_postprocess import fill_holes_in_mask_scores, get_connected_components, mask_to_box
-from sam2.utils.point_inputs import concat_points
 from sam2.utils.video_frames import PrefetchingVideoFrames, load_video_frames
 
 #: upstream's name of the lazy frame loader, which :class:`PrefetchingVideoFrames` replaces
@@ -29,7 +27,4 @@ __all__ = [
     "get_connected_components",
     "load_video_frames",
     "mask_to_box",
-    # not upstream names: kept while sam2/sam2_video_predictor.py imports them from here
-    "HEAP_RELEASE_EVERY",
-    "release_free_heap",
 ]
