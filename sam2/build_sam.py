@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from hydra import compose
@@ -18,6 +18,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import sam2  # noqa: F401  (registers the package as hydra's config module)
+
+if TYPE_CHECKING:
+    from sam2.tracker import Tracker
 
 # Hugging Face model id -> (config name, checkpoint file name in that repo).
 HF_MODEL_ID_TO_FILENAMES: dict[str, tuple[str, str]] = {
@@ -117,13 +120,15 @@ def build_sam2_video_predictor(
     apply_postprocessing: bool = True,
     vos_optimized: bool = False,
     dtype: str = "float32",
+    tracker: Optional[Tracker] = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a ``SAM2VideoPredictor`` (or the compiled VOS variant with ``vos_optimized``).
 
     With ``vos_optimized`` the image encoder is compiled only when the model goes to a CUDA
     device (upstream always compiles, which is slow or unsupported elsewhere). ``dtype``: see
-    :func:`build_sam2`.
+    :func:`build_sam2`. ``tracker`` chooses what propagation remembers (:mod:`sam2.tracker`; default
+    SAM 2's own).
     """
     device = device if device is not None else default_device()
     extra = list(hydra_overrides_extra)
@@ -133,8 +138,11 @@ def build_sam2_video_predictor(
             extra.insert(0, "++model.compile_image_encoder=True")
     else:
         target = "sam2.sam2_video_predictor.SAM2VideoPredictor"
+    model_kwargs: dict[str, Any] = {"dtype": dtype}
+    if tracker is not None:
+        model_kwargs["tracker"] = tracker
     return build_video_predictor_class(
-        config_file, ckpt_path, device, mode, extra, apply_postprocessing, target, {"dtype": dtype}
+        config_file, ckpt_path, device, mode, extra, apply_postprocessing, target, model_kwargs
     )
 
 

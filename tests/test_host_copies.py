@@ -1,10 +1,11 @@
-"""The memory tree reads the decoder's scores with one device-to-host copy per frame.
+"""Trackers read the decoder's scores with one device-to-host copy per model pass.
 
 On a GPU every copy of a device tensor to the host (``.cpu()``, ``.item()``, ``float(t)``,
 ``.tolist()`` ...) waits for the device. CI has no GPU, so the test marks the decoder's IoU and
 object-score outputs as "device" tensors (a ``torch.Tensor`` subclass that stays a subclass
-through every op) and counts each read of such a tensor on the host from SAM2Long's tree code
-(``sam2long/predictor.py``, ``tree.py``, ``memory_policy.py``).
+through every op) and counts each read of such a tensor on the host from the propagation loop and
+SAM2Long's tree code (``sam2/propagation.py``, ``sam2long/tracker.py``, ``tree.py``,
+``memory_policy.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from sam2long import build_sam2long_video_predictor
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 OVERRIDES = ["++model.image_size=128"]
-TREE_FILES = {
-    str(Path(__file__).resolve().parents[1] / "sam2long" / name)
-    for name in ("predictor.py", "tree.py", "memory_policy.py")
+ROOT = Path(__file__).resolve().parents[1]
+TREE_FILES = {str(ROOT / "sam2" / "propagation.py")} | {
+    str(ROOT / "sam2long" / name) for name in ("tracker.py", "tree.py", "memory_policy.py")
 }
 HOST_READS = {"cpu", "item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"}
 
@@ -75,4 +76,4 @@ def test_one_host_copy_per_frame_for_the_tree(make_checkpoint, first_frames, bat
     # frames 1-5 are tracked: one model pass per frame (batched) or per object and frame
     assert len(passes) == (5 if batch_objects else 10)
     assert len(DeviceTensor.reads) == len(passes), DeviceTensor.reads
-    assert all(read.startswith("cpu at predictor.py") for read in DeviceTensor.reads), DeviceTensor.reads
+    assert all(read.startswith("cpu at propagation.py") for read in DeviceTensor.reads), DeviceTensor.reads

@@ -193,12 +193,12 @@ def test_long_propagation_keeps_session_memory_bounded(
 ) -> None:
     """A few hundred small frames with a tiny budget: the store's own byte count stays under the budget,
     every older output is spilled, and none is lost; freed heap pages are released every 64 frames."""
-    import sam2.sam2_video_predictor as video_predictor
+    import sam2.propagation as propagation
     from sam2.utils.heap import release_free_heap
 
     assert release_free_heap(), "glibc's malloc_trim is available on Linux"
     releases = []
-    monkeypatch.setattr(video_predictor, "release_free_heap", lambda: releases.append(1) or True)
+    monkeypatch.setattr(propagation, "release_free_heap", lambda: releases.append(1) or True)
     rng = np.random.default_rng(0)
     video = rng.integers(0, 255, size=(120, 64, 96, 3), dtype=np.uint8)
     state = predictor.init_state(video, output_ram_budget_bytes=2_000_000, spill_dir=tmp_path)
