@@ -11,7 +11,7 @@ to the compute dtype when read), ``maskmem_pos_enc``, ``pred_masks`` (low-res lo
 ``object_score_logits``.
 
 Propagation is the one loop of :mod:`sam2.propagation` driving the predictor's tracker
-(:mod:`sam2.tracker`; SAM 2's own by default, SAM2Long's tree with ``sam2long``) over the engine calls
+(:mod:`sam2.tracker`; SAM 2's own by default) over the engine calls
 defined here: :meth:`frame_features`, :meth:`object_memory` / :meth:`conditioning_memory`,
 :meth:`assemble_memory`, :meth:`decode_candidates`, :meth:`encode_memories`,
 :meth:`store_tracked_output`. Prompted frames use :meth:`track_step`.
