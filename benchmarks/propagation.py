@@ -221,8 +221,8 @@ def run_case(args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - start
     timer.remove()
     peak, kind = _peak_memory(device)
-    state.pop("images")  # the frame loader, not tracking state
-    state_mb = _tensor_bytes(state) / 2**20
+    held = {key: value for key, value in state.items() if key != "images"}  # the frame loader is not tracking state
+    state_mb = _tensor_bytes(held) / 2**20
     per_frame = seconds / max(frames, 1)
     stages_ms = {stage: 1000 * value / max(frames, 1) for stage, value in timer.seconds.items()}
     stages_ms["tree_host"] = 1000 * per_frame - sum(stages_ms.values())
