@@ -58,7 +58,7 @@ def _non_negative(parser: argparse.ArgumentParser, flag: str, text: str, minimum
 def _segment_parser(sub: argparse._SubParsersAction) -> None:
     from sam2long.config import add_config_arguments
     from sam2long.models import add_model_arguments
-    from sam2long.segment import DIRECTIONS
+    from sam2long.pipeline import DIRECTIONS
 
     p = sub.add_parser(
         "segment",
@@ -233,11 +233,12 @@ def _writable_folder(path: Path) -> Path:
     return path
 
 
-def _box_source(args: argparse.Namespace):
-    """``(box source, policy)`` from the detector flags, or ``(None, None)``."""
+def _reprompting(args: argparse.Namespace, frames: Any):
+    """Detector re-prompting on ``frames`` from the detector flags, or None without ``--detector``."""
     if args.detector is None:
-        return None, None
+        return None
     from sam2long.detectors import YoloBoxSource
+    from sam2long.pipeline import Reprompting
     from sam2long.reprompt import RepromptPolicy
 
     try:
@@ -254,7 +255,7 @@ def _box_source(args: argparse.Namespace):
         )
     except (ValueError, ImportError, FileNotFoundError) as error:
         raise SystemExit(f"error: --detector {args.detector}: {error}") from error
-    return source, policy
+    return Reprompting(frames, source, policy)
 
 
 def _first_missing_folder(path: Path) -> Optional[Path]:
@@ -349,14 +350,29 @@ def _warn_outside(prompts: Sequence, frames: range, max_frames: Optional[int]) -
         )
 
 
-def _tracker_spec(
-    args: argparse.Namespace, tracker: str, tree: Any, preset: Optional[str], config_file: str, checkpoint: str
-):
-    """The :class:`~sam2long.vos.tracker.TrackerSpec` of a segment run (post-processing on, ``--dtype``)."""
-    from sam2long.vos.tracker import TrackerSpec
+def _tracker_spec(args: argparse.Namespace, config_file: str, checkpoint: str, live: bool):
+    """The :class:`~sam2long.tracker_spec.TrackerSpec` of a segment run (post-processing on, ``--dtype``);
+    on a live stream SAM2Long's ``max_lag`` defaults to ``--live_max_lag``."""
+    import dataclasses
 
-    return TrackerSpec(
-        tracker, config_file, checkpoint, tree, preset, tuple(args.hydra_overrides), True, dtype=args.dtype
+    from sam2long.config import config_from_args
+    from sam2long.tracker_spec import TrackerSpec
+
+    def sam2long_config():
+        config = config_from_args(args)
+        if live and config.max_lag is None:
+            config = dataclasses.replace(config, max_lag=args.live_max_lag)
+        return config
+
+    return TrackerSpec.create(
+        args.tracker,
+        config_file,
+        checkpoint,
+        sam2long_config,
+        args.preset,
+        hydra_overrides=tuple(args.hydra_overrides),
+        apply_postprocessing=True,
+        dtype=args.dtype,
     )
 
 
@@ -372,12 +388,9 @@ def _print_cost_hint(config_file: str, device: Any, args: argparse.Namespace) ->
 
 
 def _run_live(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from sam2.build_sam import default_device
     from sam2.precision import resolve_precision
     from sam2.utils.frame_sources import FrameSourceError
-    from sam2long.config import config_from_args
     from sam2long.export import write_summary
     from sam2long.live import LiveStreamSource, is_stream_spec, parse_stream_spec
     from sam2long.models import model_files_from_args
@@ -403,12 +416,7 @@ def _run_live(args: argparse.Namespace) -> int:
     config_file, checkpoint, model_name = model_files_from_args(args)
     device = args.device or default_device()
     _print_cost_hint(config_file, device, args)
-    tree = None
-    if args.tracker == "sam2long":
-        tree = config_from_args(args)
-        if tree.max_lag is None:
-            tree = dataclasses.replace(tree, max_lag=args.live_max_lag)
-    spec = _tracker_spec(args, args.tracker, tree, args.preset, config_file, checkpoint)
+    spec = _tracker_spec(args, config_file, checkpoint, live=True)
     fps = args.fps or source.fps or 30.0
     try:
         predictor = spec.build(device, non_overlap_masks=False)
@@ -442,7 +450,7 @@ def _run_live(args: argparse.Namespace) -> int:
                 "captured": stats.captured,
                 "tracked": stats.delivered,
                 "dropped": stats.dropped,
-                "max_lag": tree.max_lag if tree is not None else 0,
+                "max_lag": spec.max_lag,
             },
             device=str(device),
             precision=resolve_precision(args.dtype, device).summary(),
@@ -462,10 +470,10 @@ def _run_file(args: argparse.Namespace) -> int:
     from sam2.build_sam import default_device
     from sam2.precision import resolve_precision
     from sam2.utils.frame_sources import FrameSourceError, open_frame_source
-    from sam2long.config import config_from_args
     from sam2long.models import model_files_from_args
+    from sam2long.outputs import write_outputs
     from sam2long.prompts import PromptError
-    from sam2long.segment import output_frames, summarize, track, write_outputs
+    from sam2long.segment import output_frames, summarize, track
 
     try:
         prompts = _collect_prompts(args)
@@ -477,30 +485,28 @@ def _run_file(args: argparse.Namespace) -> int:
     config_file, checkpoint, model_name = model_files_from_args(args)
     device = args.device or default_device()
     _print_cost_hint(config_file, device, args)
-    tree = config_from_args(args) if args.tracker == "sam2long" else None
-    specs = [_tracker_spec(args, args.tracker, tree, args.preset, config_file, checkpoint)]
+    main_spec = _tracker_spec(args, config_file, checkpoint, live=False)
+    runs = [(main_spec, out)]
     if args.compare_sam2:
-        specs.insert(0, _tracker_spec(args, "sam2", None, None, config_file, checkpoint))
+        runs.insert(0, (main_spec.sam2_baseline(), out / "sam2"))
     fps = args.fps or getattr(source, "fps", None) or 24.0
     if args.detector is not None and args.direction != "forward":
         raise SystemExit("error: --detector re-prompts during forward propagation; drop --reverse/--both")
-    box_source, policy = _box_source(args)
+    reprompting = _reprompting(args, source)
     results = []
     try:
-        for spec in specs:
+        for spec, folder in runs:
             predictor = spec.build(device, non_overlap_masks=False)
-            sub = out / "sam2" if (args.compare_sam2 and spec.tracker == "sam2") else out
             results.append(
                 track(
                     spec.tracker,
                     predictor,
                     source,
                     prompts,
-                    sub,
+                    folder,
                     args.direction,
                     args.score_thresh,
-                    box_source,
-                    policy,
+                    reprompting,
                     args.max_frames,
                 )
             )
@@ -513,7 +519,7 @@ def _run_file(args: argparse.Namespace) -> int:
     frames = output_frames(results, len(source), args.max_frames)
     _warn_empty(results)
     _warn_outside(prompts, frames, args.max_frames)
-    write_outputs(source, main_result, out, fps, compare, frames)
+    write_outputs(source, main_result, out, fps, frames, compare)
     summarize(
         out / "summary.json",
         source,
@@ -528,7 +534,7 @@ def _run_file(args: argparse.Namespace) -> int:
         config=config_file,
         checkpoint=str(checkpoint),
         direction=args.direction,
-        tracker=specs[-1].describe(),
+        tracker=main_spec.describe(),
     )
     written = "overlay.mp4, masks/, palette/, masks_rle.json, summary.json"
     if compare is not None:
@@ -538,16 +544,43 @@ def _run_file(args: argparse.Namespace) -> int:
     return 0
 
 
-# Subcommands that hand their arguments to another entry point unchanged.
+def _vos_main(argv: list[str]) -> Any:
+    from sam2long.vos.cli import main as vos_main
+
+    return vos_main(argv)
+
+
+def _download_main(argv: list[str]) -> Any:
+    from sam2long.models import download_main
+
+    return download_main(argv)
+
+
+def _demo_main(argv: list[str]) -> Any:
+    from sam2long.demo.launch import main as demo_main
+
+    return demo_main(argv)
+
+
+def _sav_main(argv: list[str]) -> Any:
+    from sav_dataset.sav_evaluator import main as sav_main
+
+    return sav_main(argv)
+
+
+def _lvos_main(argv: list[str]) -> Any:
+    from sav_dataset.lvos_evaluator import main as lvos_main
+
+    return lvos_main(argv)
+
+
+# Subcommands that hand their arguments to another entry point unchanged (imported when called).
 _PASSTHROUGH = {
-    "vos": ("dataset VOS inference (sam2long vos --help)", "sam2long.vos.cli:main"),
-    "download": (
-        "download checkpoints by model name (sam2long download --help)",
-        "sam2long.models:download_main",
-    ),
-    "demo": ("interactive web demo, Gradio (sam2long demo --help)", "sam2long.demo:main"),
+    "vos": ("dataset VOS inference (sam2long vos --help)", _vos_main),
+    "download": ("download checkpoints by model name (sam2long download --help)", _download_main),
+    "demo": ("interactive web demo, Gradio (sam2long demo --help)", _demo_main),
 }
-_EVALUATORS = {"sav": "sav_dataset.sav_evaluator:main", "lvos": "sav_dataset.lvos_evaluator:main"}
+_EVALUATORS = {"sav": _sav_main, "lvos": _lvos_main}
 
 
 def _plain(text: str) -> str:
@@ -570,23 +603,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _call(target: str, argv: Sequence[str]) -> int:
-    import importlib
-
-    module, func = target.split(":")
-    return int(getattr(importlib.import_module(module), func)(list(argv)) or 0)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``sam2long`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] in _PASSTHROUGH:
-        return _call(_PASSTHROUGH[argv[0]][1], argv[1:])
+        return int(_PASSTHROUGH[argv[0]][1](argv[1:]) or 0)
     if argv and argv[0] == "eval":
         if len(argv) < 2 or argv[1] not in _EVALUATORS:
             parser.error(f"eval needs one of {sorted(_EVALUATORS)}: sam2long eval sav|lvos --help")
-        return _call(_EVALUATORS[argv[1]], argv[2:])
+        return int(_EVALUATORS[argv[1]](argv[2:]) or 0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return args.handler(args)

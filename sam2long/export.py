@@ -16,10 +16,11 @@ Videos (:class:`OverlayVideoWriter`, :class:`SideBySideWriter`)
     video is then ``encoded_size`` = ``(H + H % 2, W + W % 2)``. Without libx264 in the installed PyAV
     the next encoder of :data:`VIDEO_ENCODERS` is used, with a warning when it is not H.264.
 
-Masks (:class:`PalettePngWriter`, :class:`PerObjectPngWriter`)
-    ``<out_dir>/<frame_name>.png``: one palette PNG (DAVIS palette), label = object id (1..255; on
-    overlap the smaller id wins). ``<out_dir>/<obj_id:03d>/<frame_name>.png``: one 0/1 palette PNG per
-    object (DAVIS palette, the SA-V layout that ``sam2long-vos --per_obj_png_file`` reads and writes).
+Masks (:class:`PalettePngWriter`, :class:`PerObjectPngWriter`, the two dataset layouts)
+    ``<out_dir>/<frame_name>.png``: one palette PNG, label = object id (1..255; on overlap the
+    smaller id wins; the DAVIS / MOSE / YouTube-VOS / LVOS layout). ``<out_dir>/<obj_id:03d>/<frame_name>.png``:
+    one 0/1 palette PNG per object (the SA-V layout that ``sam2long-vos --per_obj_png_file`` reads
+    and writes). The palette is DAVIS's unless one is given (``sam2long-vos`` keeps its inputs').
 
 COCO RLE (:class:`CocoRleWriter`), one JSON file::
 
@@ -55,6 +56,7 @@ import numpy as np
 
 from sam2long.mask_io import (
     DAVIS_PALETTE,
+    Palette,
     PathLike,
     atomic_write_json,
     merge_objects,
@@ -442,11 +444,15 @@ class SideBySideWriter(_VideoWriter):
 
 
 class _PngWriter:
-    """Frame-size bookkeeping shared by the PNG writers: ``size``, or the first frame's masks."""
+    """Frame-size and palette bookkeeping shared by the PNG writers: ``size``, or the first frame's
+    masks; ``palette`` (768 RGB bytes or ints), DAVIS's by default."""
 
-    def __init__(self, out_dir: PathLike, *, size: Optional[Size] = None) -> None:
+    def __init__(
+        self, out_dir: PathLike, *, size: Optional[Size] = None, palette: Optional[Palette] = None
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.size = None if size is None else _check_size(size)
+        self.palette = DAVIS_PALETTE if palette is None else palette
 
     def _checked(self, frame_name: str, masks: Masks) -> tuple[str, dict[int, np.ndarray]]:
         name = _check_frame_name(frame_name)
@@ -459,8 +465,8 @@ class _PngWriter:
 
 
 class PalettePngWriter(_PngWriter):
-    """``<out_dir>/<frame_name>.png``: one palette PNG (DAVIS palette) per frame, label = object id
-    (1..255; on overlap the smaller id wins). The frame size is ``size`` or the first frame's."""
+    """``<out_dir>/<frame_name>.png``: one palette PNG per frame, label = object id (1..255; on
+    overlap the smaller id wins). The frame size is ``size`` or the first frame's."""
 
     def write(self, frame_name: str, masks: Masks) -> Path:
         """Write one frame's masks; returns the PNG's path."""
@@ -472,13 +478,13 @@ class PalettePngWriter(_PngWriter):
                     "(per-object PNGs) instead"
                 )
         path = self.out_dir / f"{name}.png"
-        write_png(path, merge_objects(per_obj, *self.size), DAVIS_PALETTE)
+        write_png(path, merge_objects(per_obj, *self.size), self.palette)
         return path
 
 
 class PerObjectPngWriter(_PngWriter):
-    """``<out_dir>/<obj_id:03d>/<frame_name>.png``: one 0/1 palette PNG (DAVIS palette) per object
-    and frame, for any id >= 0 (the SA-V layout). The frame size is ``size`` or the first frame's."""
+    """``<out_dir>/<obj_id:03d>/<frame_name>.png``: one 0/1 palette PNG per object and frame, for
+    any id >= 0 (the SA-V layout). The frame size is ``size`` or the first frame's."""
 
     def write(self, frame_name: str, masks: Masks) -> list[Path]:
         """Write one PNG per object of this frame; returns their paths in id order."""
@@ -489,7 +495,7 @@ class PerObjectPngWriter(_PngWriter):
         paths = []
         for obj_id, mask in per_obj.items():
             path = self.out_dir / f"{obj_id:03d}" / f"{name}.png"
-            write_png(path, mask, DAVIS_PALETTE)
+            write_png(path, mask, self.palette)
             paths.append(path)
         return paths
 

@@ -546,17 +546,13 @@ def build_model_by_name(
     command line, where the upstream-named builders default to ``"float32"``). ``kwargs`` go to :func:`sam2long.build_sam2long_video_predictor` (tree settings,
     ``config=...``, hydra overrides) or :func:`sam2.build_sam.build_sam2_video_predictor`.
     """
+    from sam2long.tracker_spec import build_video_predictor
+
     spec = _as_spec(name)
     if tracker not in TRACKERS:
         raise ValueError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
     ckpt = Path(checkpoint) if checkpoint is not None else fetch_checkpoint(spec, offline=offline)
-    if tracker == "sam2long":
-        from sam2long.build import build_sam2long_video_predictor
-
-        return build_sam2long_video_predictor(spec.config, ckpt, device, dtype=dtype, **kwargs)
-    from sam2.build_sam import build_sam2_video_predictor
-
-    return build_sam2_video_predictor(spec.config, ckpt, device, dtype=dtype, **kwargs)
+    return build_video_predictor(tracker, spec.config, ckpt, device, dtype=dtype, **kwargs)
 
 
 # Seconds per frame on a 2-core CPU (AMD EPYC with AVX512-BF16, no AMX; torch 2.14.1, 2 threads; 1024 px,

@@ -31,13 +31,13 @@ from PIL import Image
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2.modeling.sam2_utils import apply_non_overlapping_constraints
 from sam2long import mask_io
+from sam2long.export import PalettePngWriter, PerObjectPngWriter
 from sam2long.mask_io import DAVIS_PALETTE, read_mask_with_palette
 from sam2long.vos import cli, protocol
 from sam2long.vos.dataset import (
     DoneMarkers,
     MaskFolder,
     MaskInputs,
-    MaskWriter,
     VosInputError,
     collect_inputs,
     list_video_names,
@@ -184,12 +184,15 @@ def run_cli(command: list[str], env: dict[str, str] | None = None) -> subprocess
 
 def test_mask_writer_layouts(tmp_path: Path):
     masks = {1: np.ones((1, 3, 4), bool), 7: np.zeros((1, 3, 4), bool)}
-    single = MaskWriter(tmp_path / "a", False, CUSTOM_PALETTE, 3, 4)
-    assert single.write("00003", masks) == ["00003.png"]
+    single = PalettePngWriter(tmp_path / "a", size=(3, 4), palette=CUSTOM_PALETTE)
+    assert single.write("00003", masks) == tmp_path / "a" / "00003.png"
     labels, palette = read_mask_with_palette(tmp_path / "a" / "00003.png")
     assert np.array_equal(labels, np.ones((3, 4), np.uint8)) and palette[:12] == CUSTOM_PALETTE
-    per_obj = MaskWriter(tmp_path / "b", True, DAVIS_PALETTE, 3, 4)
-    assert per_obj.write("00003", masks) == ["001/00003.png", "007/00003.png"]
+    per_obj = PerObjectPngWriter(tmp_path / "b", size=(3, 4), palette=DAVIS_PALETTE)
+    assert per_obj.write("00003", masks) == [
+        tmp_path / "b" / "001" / "00003.png",
+        tmp_path / "b" / "007" / "00003.png",
+    ]
     labels, palette = read_mask_with_palette(tmp_path / "b" / "007" / "00003.png")
     assert labels.max() == 0 and bytes(palette[:12]) == DAVIS_PALETTE[:12]
     assert temp_files(tmp_path) == []
@@ -406,15 +409,17 @@ def tracker_of(*flags: str):
 def test_tracker_flag_and_one_meaning_of_one_pathway():
     default = tracker_of()
     assert default.tracker == "sam2long" and default.describe()["tracker"] == "sam2long"
-    assert (default.tree.num_pathways, default.tree.iou_threshold, default.tree.uncertainty) == (3, 0.1, 2.0)
+    settings = default.sam2long_config
+    assert (settings.num_pathways, settings.iou_threshold, settings.uncertainty) == (3, 0.1, 2.0)
     one = tracker_of("--num_pathway", "1")  # SAM2Long with one pathway, as in the library
-    assert one.tracker == "sam2long" and one.tree.num_pathways == 1
-    assert one.describe()["num_pathways"] == 1 and one.tree.memory_selection
+    assert one.tracker == "sam2long" and one.sam2long_config.num_pathways == 1
+    assert one.describe()["num_pathways"] == 1 and one.sam2long_config.memory_selection
     sam2 = tracker_of("--tracker", "sam2")
-    assert sam2.tree is None and sam2.describe() == {"tracker": "sam2", "preset": None}
+    assert sam2.sam2long_config is None and sam2.describe() == {"tracker": "sam2", "preset": None}
     assert tracker_of("--tracker", "sam2", "--use_vos_optimized_video_predictor").vos_optimized
     paper = tracker_of("--preset", "paper", "--uncertainty", "1")
-    assert (paper.tree.iou_threshold, paper.tree.uncertainty, paper.preset) == (0.3, 1.0, "paper")
+    settings = paper.sam2long_config
+    assert (settings.iou_threshold, settings.uncertainty, paper.preset) == (0.3, 1.0, "paper")
     assert paper.describe()["preset"] == "paper" and paper.fingerprint()["iou_threshold"] == 0.3
     with pytest.raises(ValueError, match="unknown SAM2Long preset"):
         tracker_of("--preset", "nope")

@@ -165,7 +165,7 @@ class Callbacks:
     ) -> tuple:
         """``view + (overlay video, comparison video, pathway plot, plot object, downloads)``."""
         session = _need(session)
-        tree = tree_config(
+        sam2long_config = tree_config(
             num_pathways, iou_threshold, uncertainty, (w_low, w_high) if modulation_on else None
         )
         report = None
@@ -174,7 +174,7 @@ class Callbacks:
             def report(fraction: float, text: str) -> None:
                 progress(fraction, desc=text)
 
-        run = session.propagate(tree, int(max_frames), bool(compare), report)
+        run = session.propagate(sam2long_config, int(max_frames), bool(compare), report)
         objects = session.plotted_objects()
         first = objects[0] if objects else None
         return self.view(session) + (

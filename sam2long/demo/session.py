@@ -24,7 +24,6 @@ import json
 import shutil
 import tempfile
 import threading
-import time
 import weakref
 import zipfile
 from collections import OrderedDict
@@ -38,16 +37,11 @@ import numpy as np
 
 from sam2.utils.frame_sources import FrameSource, FrameSourceError, open_frame_source
 from sam2long.config import SAM2LongConfig
-from sam2long.export import (
-    CocoRleWriter,
-    OverlayVideoWriter,
-    PalettePngWriter,
-    PerObjectPngWriter,
-    SideBySideWriter,
-    draw_overlay,
-    object_colour,
-)
-from sam2long.mask_io import read_mask
+from sam2long.export import draw_overlay, object_colour
+from sam2long.mask_io import atomic_write_text
+from sam2long.outputs import result_masks, write_outputs
+from sam2long.pipeline import TrackResult, track
+from sam2long.tracker_spec import TrackerSpec
 
 CLICK_MODES = ("positive", "negative", "box")
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm"})
@@ -102,25 +96,32 @@ class DemoEngine:
     def hydra_overrides(self) -> list[str]:
         return [CORRECTIONS_AS_COND, *self.model.hydra_overrides]
 
-    def sam2long(self, tree: Optional[SAM2LongConfig] = None) -> Any:
-        """A SAM2Long predictor with these tree settings (default: the official ones); it keeps its
-        outputs in the session, so clicks after a propagation correct the tracked masks."""
-        tree = SAM2LongConfig() if tree is None else tree
-        with self.lock:
-            if tree in self._sam2long:
-                self._sam2long.move_to_end(tree)
-                return self._sam2long[tree]
-            from sam2long.build import build_sam2long_video_predictor
+    def spec(self, tracker: str, sam2long_config: Optional[SAM2LongConfig] = None) -> TrackerSpec:
+        """``tracker`` on the engine's model (post-processing on, as upstream's builders)."""
+        return TrackerSpec.create(
+            tracker,
+            self.model.config_file,
+            self.model.checkpoint,
+            lambda: sam2long_config,
+            hydra_overrides=tuple(self.hydra_overrides),
+            apply_postprocessing=True,
+            dtype=self.model.dtype,
+        )
 
-            predictor = build_sam2long_video_predictor(
-                self.model.config_file,
-                self.model.checkpoint,
-                self.model.device,
-                config=tree,
-                hydra_overrides_extra=self.hydra_overrides,
-                dtype=self.model.dtype,
-            )
-            self._sam2long[tree] = predictor
+    def _build(self, spec: TrackerSpec) -> Any:
+        """A predictor that keeps its outputs in the session, so clicks after a propagation
+        correct the tracked masks."""
+        return spec.build(self.model.device, non_overlap_masks=False, keep_outputs=True)
+
+    def sam2long(self, sam2long_config: Optional[SAM2LongConfig] = None) -> Any:
+        """A SAM2Long predictor with these settings (default: the official ones)."""
+        sam2long_config = SAM2LongConfig() if sam2long_config is None else sam2long_config
+        with self.lock:
+            if sam2long_config in self._sam2long:
+                self._sam2long.move_to_end(sam2long_config)
+                return self._sam2long[sam2long_config]
+            predictor = self._build(self.spec("sam2long", sam2long_config))
+            self._sam2long[sam2long_config] = predictor
             while len(self._sam2long) > self.cache_size:
                 self._sam2long.popitem(last=False)
             return predictor
@@ -129,15 +130,7 @@ class DemoEngine:
         """The plain SAM 2 predictor (for the comparison)."""
         with self.lock:
             if self._sam2 is None:
-                from sam2.build_sam import build_sam2_video_predictor
-
-                self._sam2 = build_sam2_video_predictor(
-                    self.model.config_file,
-                    self.model.checkpoint,
-                    self.model.device,
-                    hydra_overrides_extra=self.hydra_overrides,
-                    dtype=self.model.dtype,
-                )
+                self._sam2 = self._build(self.spec("sam2"))
             return self._sam2
 
     def open_session(self, video: Any, *, copy: bool = True) -> DemoSession:
@@ -192,24 +185,13 @@ class PromptEvent:
 
 
 @dataclass(frozen=True)
-class TrackerRun:
-    """One tracker's masks of a run, one 0/1 PNG per object and frame."""
-
-    name: str
-    masks_dir: Path
-    frames: tuple[int, ...]
-    obj_ids: tuple[int, ...]
-    seconds: float
-
-
-@dataclass(frozen=True)
 class RunOutputs:
     """What a propagation left for the page."""
 
     folder: Path
-    tree: SAM2LongConfig
-    sam2long: TrackerRun
-    sam2: Optional[TrackerRun]
+    sam2long_config: SAM2LongConfig
+    sam2long: TrackResult
+    sam2: Optional[TrackResult]
     overlay: Path
     compare: Optional[Path]
     files: tuple[Path, ...]  # downloads: overlay, comparison, masks zip, COCO RLE, pathway records
@@ -479,18 +461,10 @@ class DemoSession:
         """Masks shown on a frame: the latest run's, updated by clicks made since (the preview)."""
         frame_idx = self.frame_idx if frame_idx is None else int(frame_idx)
         masks: dict[int, np.ndarray] = {}
-        if self.run is not None and frame_idx in self.run.sam2long.frames:
-            masks.update(self._run_masks(self.run.sam2long, frame_idx))
+        if self.run is not None and frame_idx in self.run.sam2long.tracked:
+            masks.update(result_masks(self.source, self.run.sam2long, frame_idx))
         masks.update(self.preview.get(frame_idx, {}))
         return dict(sorted(masks.items()))
-
-    def _run_masks(self, run: TrackerRun, frame_idx: int) -> dict[int, np.ndarray]:
-        name = self.source.frame_names[frame_idx]
-        masks = {}
-        for obj_id in run.obj_ids:
-            path = run.masks_dir / f"{obj_id:03d}" / f"{name}.png"
-            masks[obj_id] = read_mask(path) > 0 if path.is_file() else np.zeros(self.size, dtype=bool)
-        return masks
 
     def render(self, frame_idx: Optional[int] = None) -> np.ndarray:
         """The shown frame: masks drawn over it, clicks as dots (green +, red -), boxes, a pending corner."""
@@ -548,8 +522,8 @@ class DemoSession:
             if self.run is not None:
                 run = self.run.sam2long
                 text = (
-                    f"Last run: SAM2Long (P={self.run.tree.num_pathways}) on frames {run.frames[0]}–"
-                    f"{run.frames[-1]} in {run.seconds:.1f} s"
+                    f"Last run: SAM2Long (P={self.run.sam2long_config.num_pathways}) on frames {run.first_frame}–"
+                    f"{run.last_frame} in {run.seconds:.1f} s"
                 )
                 if self.run.sam2 is not None:
                     text += f", SAM 2 in {self.run.sam2.seconds:.1f} s"
@@ -560,7 +534,7 @@ class DemoSession:
 
     def propagate(
         self,
-        tree: SAM2LongConfig,
+        sam2long_config: SAM2LongConfig,
         max_frames: int,
         compare: bool = False,
         progress: Optional[Progress] = None,
@@ -591,50 +565,55 @@ class DemoSession:
             try:
                 records: list[Any] = []
                 with self.engine.lock:
-                    predictor = self.engine.sam2long(tree)
-                    sam2long = self._track(
-                        "SAM2Long", predictor, self.state, folder / "masks", max_frames, tick, records.append
-                    )
+                    predictor = self.engine.sam2long(sam2long_config)
+                    sam2long = TrackResult("SAM2Long", folder / "masks")
+                    self._track(sam2long, predictor, self.state, max_frames, tick, observer=records.append)
                     sam2 = None
                     if compare:
-                        sam2 = self._track_sam2(folder / "sam2" / "masks", max_frames, tick)
-                run = self._write_outputs(folder, tree, sam2long, sam2, records, tick)
+                        sam2 = TrackResult("SAM 2", folder / "sam2" / "masks")
+                        self._track_sam2(sam2, max_frames, tick)
+                write_outputs(
+                    self.source,
+                    sam2long,
+                    folder,
+                    self.fps,
+                    sam2long.frames,
+                    sam2,
+                    on_frame=lambda frame_idx: tick(f"writing frame {frame_idx}"),
+                )
+                run = self._finish_run(folder, sam2long_config, sam2long, sam2, records)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
-            self.preview = {f: m for f, m in self.preview.items() if f not in sam2long.frames}
+            self.preview = {f: m for f, m in self.preview.items() if f not in sam2long.tracked}
             self._replace_run(run)
             return run
 
     def _track(
         self,
-        name: str,
+        result: TrackResult,
         predictor: Any,
         state: Any,
-        masks_dir: Path,
         max_frames: int,
         tick: Callable[[str], None],
-        observer: Optional[Callable[[Any], None]] = None,
-    ) -> TrackerRun:
-        writer = PerObjectPngWriter(masks_dir, size=self.size)
-        kwargs = {"observer": observer} if observer is not None else {}
-        frames: list[int] = []
-        obj_ids: tuple[int, ...] = ()
-        began = time.perf_counter()
+        **propagate_kw: Any,
+    ) -> None:
+        """Propagate ``state`` forward from its earliest prompted frame into ``result``."""
+        frames = track(
+            predictor,
+            state,
+            result,
+            frame_names=self.source.frame_names,
+            max_frames=max_frames,
+            **propagate_kw,
+        )
         try:
-            for frame_idx, ids, logits in predictor.propagate_in_video(
-                state, max_frame_num_to_track=max_frames - 1, **kwargs
-            ):
-                masks = (logits > 0).cpu().numpy()[:, 0]
-                obj_ids = tuple(int(o) for o in ids)
-                writer.write(self.source.frame_names[frame_idx], dict(zip(obj_ids, masks)))
-                frames.append(int(frame_idx))
-                tick(f"{name}: frame {frame_idx}")
+            for frame in frames:
+                tick(f"{result.name}: frame {frame.index}")
         except RuntimeError as error:
-            raise DemoError(f"{name} could not propagate: {error}") from error
-        return TrackerRun(name, masks_dir, tuple(sorted(frames)), obj_ids, time.perf_counter() - began)
+            raise DemoError(f"{result.name} could not propagate: {error}") from error
 
-    def _track_sam2(self, masks_dir: Path, max_frames: int, tick: Callable[[str], None]) -> TrackerRun:
+    def _track_sam2(self, result: TrackResult, max_frames: int, tick: Callable[[str], None]) -> None:
         """SAM 2 on the same clicks: its own session, with every prompt change replayed in order."""
         predictor = self.engine.sam2()
         if self.sam2_state is None:
@@ -642,58 +621,30 @@ class DemoSession:
         for event in self.events[self.sam2_events :]:
             self._apply_event(predictor, self.sam2_state, event)
         self.sam2_events = len(self.events)
-        return self._track("SAM 2", predictor, self.sam2_state, masks_dir, max_frames, tick)
+        self._track(result, predictor, self.sam2_state, max_frames, tick)
 
-    def _write_outputs(
+    def _finish_run(
         self,
         folder: Path,
-        tree: SAM2LongConfig,
-        main: TrackerRun,
-        sam2: Optional[TrackerRun],
+        sam2long_config: SAM2LongConfig,
+        main: TrackResult,
+        sam2: Optional[TrackResult],
         records: list[Any],
-        tick: Callable[[str], None],
     ) -> RunOutputs:
-        height, width = self.size
-        names = self.source.frame_names
-        overlay_path, compare_path = folder / "overlay.mp4", folder / "compare.mp4"
-        palette = PalettePngWriter(folder / "palette", size=self.size)
-        with (
-            OverlayVideoWriter(overlay_path, self.fps, (height, width)) as overlay,
-            CocoRleWriter(folder / "masks_rle.json", height, width) as rle,
-        ):
-            side = (
-                SideBySideWriter(compare_path, self.fps, (height, width), "SAM 2", "SAM2Long")
-                if sam2 is not None
-                else None
-            )
-            try:
-                for frame_idx in main.frames:
-                    frame, masks = self.source.get(frame_idx), self._run_masks(main, frame_idx)
-                    overlay.write(frame, masks)
-                    palette.write(names[frame_idx], masks)
-                    rle.write(frame_idx, names[frame_idx], masks)
-                    if side is not None:
-                        side.write(frame, self._run_masks(sam2, frame_idx), masks, frame_idx)
-                    tick(f"writing frame {frame_idx}")
-            except BaseException:
-                if side is not None:
-                    side.abort()
-                raise
-            if side is not None:
-                side.close()
+        """The pathway records and the masks zip next to the written outputs."""
         kept = tuple(_strip_masks(r) for r in records)
         pathways = folder / "pathways.json"
-        pathways.write_text(json.dumps([_record_json(r) for r in kept]), encoding="utf-8")
+        atomic_write_text(pathways, json.dumps([_record_json(r) for r in kept]))
         archive = folder / "masks.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
             for sub in ("masks", "palette", "sam2/masks"):
                 for path in sorted((folder / sub).rglob("*.png")):
                     zf.write(path, path.relative_to(folder).as_posix())
-        files = [overlay_path] + ([compare_path] if sam2 is not None else [])
+        overlay = folder / "overlay.mp4"
+        compare = folder / "compare.mp4" if sam2 is not None else None
+        files = [overlay] + ([compare] if compare is not None else [])
         files += [archive, folder / "masks_rle.json", pathways]
-        return RunOutputs(
-            folder, tree, main, sam2, overlay_path, compare_path if sam2 else None, tuple(files), kept
-        )
+        return RunOutputs(folder, sam2long_config, main, sam2, overlay, compare, tuple(files), kept)
 
     def _replace_run(self, run: Optional[RunOutputs]) -> None:
         old, self.run = self.run, run
@@ -717,5 +668,5 @@ class DemoSession:
             if obj_id is None:
                 objects = self.plotted_objects()
                 obj_id = objects[0] if objects else self.active_obj
-            uncertainty = self.run.tree.uncertainty if self.run is not None else None
+            uncertainty = self.run.sam2long_config.uncertainty if self.run is not None else None
             return plot_pathways(records, int(obj_id), uncertainty=uncertainty)

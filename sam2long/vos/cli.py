@@ -31,9 +31,9 @@ from tqdm import tqdm
 from sam2.build_sam import default_device
 from sam2.precision import add_dtype_argument, resolve_precision
 from sam2long.config import SAM2LongConfig, add_config_arguments, config_from_args
+from sam2long.tracker_spec import TRACKERS, TrackerSpec
 from sam2long.vos.dataset import DoneMarkers, VosInputError, list_video_names, resolve_shards, shard_of
 from sam2long.vos.run import LOGGER, RunOptions, Summary, run_dataset, summary_path
-from sam2long.vos.tracker import TRACKERS, TrackerSpec
 
 # Destinations of the SAM2Long tree flags (refused with --tracker sam2).
 TREE_DESTS = (*(f.name for f in dataclasses.fields(SAM2LongConfig)), "preset")
@@ -165,23 +165,24 @@ def given_tree_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[st
 def resolve_tracker(args: argparse.Namespace, tree_flags: Sequence[str] = ()) -> TrackerSpec:
     """The tracker of the command line; ``tree_flags`` are the tree flags given (see
     :func:`given_tree_flags`). Raises ``ValueError`` for flags that do not fit the tracker."""
-    common = dict(
-        sam2_cfg=args.sam2_cfg,
-        sam2_checkpoint=args.sam2_checkpoint,
+    if args.tracker == "sam2" and tree_flags:
+        raise ValueError(
+            f"--tracker sam2 takes no SAM2Long tree flags, got {', '.join(tree_flags)} "
+            "(use --tracker sam2long; --num_pathway 1 is SAM2Long with one pathway)"
+        )
+    if args.tracker != "sam2" and args.use_vos_optimized_video_predictor:
+        raise ValueError("--use_vos_optimized_video_predictor is only available with --tracker sam2")
+    return TrackerSpec.create(
+        args.tracker,
+        args.sam2_cfg,
+        args.sam2_checkpoint,
+        lambda: config_from_args(args),
+        args.preset,
         hydra_overrides=tuple(args.hydra_overrides),
         apply_postprocessing=args.apply_postprocessing,
+        vos_optimized=args.use_vos_optimized_video_predictor,
         dtype=args.dtype,
     )
-    if args.tracker == "sam2":
-        if tree_flags:
-            raise ValueError(
-                f"--tracker sam2 takes no SAM2Long tree flags, got {', '.join(tree_flags)} "
-                "(use --tracker sam2long; --num_pathway 1 is SAM2Long with one pathway)"
-            )
-        return TrackerSpec("sam2", vos_optimized=args.use_vos_optimized_video_predictor, **common)
-    if args.use_vos_optimized_video_predictor:
-        raise ValueError("--use_vos_optimized_video_predictor is only available with --tracker sam2")
-    return TrackerSpec("sam2long", tree=config_from_args(args), preset=args.preset, **common)
 
 
 def run_options(args: argparse.Namespace, device: torch.device) -> RunOptions:

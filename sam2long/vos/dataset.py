@@ -5,7 +5,7 @@
   frame holding every object (DAVIS, MOSE, YouTube-VOS, LVOS) or one PNG per object and frame
   in ``{obj_id:03d}/`` folders (SA-V), collected with errors that name the video, frame,
   object and file at fault;
-* writing the predicted masks in the same layouts;
+* (the predicted masks are written in the same layouts by :mod:`sam2long.export`'s PNG writers);
 * per-video "done" markers that make ``--resume`` skip finished videos.
 
 Mask files are read and written with :mod:`sam2long.mask_io`.
@@ -23,12 +23,9 @@ import numpy as np
 
 from sam2long.mask_io import (
     MaskError,
-    Palette,
     atomic_write_json,
-    merge_objects,
     read_mask_with_palette,
     split_objects,
-    write_png,
 )
 
 VIDEO_FILE_SUFFIXES = (".mp4", ".MP4", ".avi", ".mov", ".mkv", ".webm")
@@ -295,37 +292,6 @@ def collect_inputs(
                 )
             inputs.add(obj_id, frame_idx, mask)
     return inputs
-
-
-# --------------------------------------------------------------------------- output masks
-
-
-@dataclass
-class MaskWriter:
-    """Writes the predicted masks of one video in the single-PNG or per-object layout, as palette
-    PNGs (the input masks' palette, or DAVIS's)."""
-
-    video_dir: Path
-    per_obj_png_file: bool
-    palette: Palette
-    height: int
-    width: int
-
-    def write(self, frame_name: str, per_obj: Mapping[int, np.ndarray]) -> list[str]:
-        """Write one frame; returns the written paths relative to ``video_dir``."""
-        if not self.per_obj_png_file:
-            relative = f"{frame_name}.png"
-            labels = merge_objects(per_obj, self.height, self.width)
-            write_png(self.video_dir / relative, labels, self.palette)
-            return [relative]
-        written = []
-        for obj_id, mask in per_obj.items():
-            relative = f"{obj_id:03d}/{frame_name}.png"
-            write_png(
-                self.video_dir / relative, np.asarray(mask).reshape(self.height, self.width), self.palette
-            )
-            written.append(relative)
-        return written
 
 
 # --------------------------------------------------------------------------- resume markers

@@ -8,20 +8,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import numpy as np
-import torch
 
 from sam2.modeling.sam2_utils import apply_non_overlapping_constraints
 from sam2.sam2_video_predictor import InferenceState, SAM2VideoPredictor
+from sam2long.pipeline import TrackedFrame, TrackResult, track
 from sam2long.vos.dataset import MaskInputs
-
-FrameMasks = dict[int, np.ndarray]  # obj_id -> bool (1, H, W) mask of one frame
-
-
-def _binarize(obj_ids: Sequence[int], scores: torch.Tensor, score_thresh: float) -> FrameMasks:
-    masks = (scores > score_thresh).cpu().numpy()
-    return {int(obj_id): masks[row] for row, obj_id in enumerate(obj_ids)}
 
 
 def add_input_masks(
@@ -48,7 +42,8 @@ def track_objects_appearing_later(
     inputs: MaskInputs,
     score_thresh: float,
     non_overlap: bool,
-) -> Iterator[tuple[int, FrameMasks]]:
+    result: TrackResult,
+) -> Iterator[TrackedFrame]:
     """Upstream's ``vos_separate_inference_per_object`` in one batched session: each object joins
     the propagation on its first input frame and is absent before it (no compute spent on it
     there); all objects share one image-encoder pass per frame.
@@ -61,15 +56,18 @@ def track_objects_appearing_later(
     object_ids = inputs.object_ids
     add_input_masks(predictor, state, inputs, object_ids, frame_major=False)
     start = min(inputs.first_frame(obj_id) for obj_id in object_ids)
-    empty = np.zeros((1, state["video_height"], state["video_width"]), dtype=bool)
+    empty = np.zeros((state.video_height, state.video_width), dtype=bool)
     for frame_idx in range(start):
-        yield frame_idx, {obj_id: empty for obj_id in object_ids}
-    for frame_idx, obj_ids, logits in predictor.propagate_in_video(
-        state, start_frame_idx=start, objects_join_at_first_prompt=True
-    ):
-        if non_overlap:
-            logits = apply_non_overlapping_constraints(logits)
-        yield frame_idx, _binarize(obj_ids, logits, score_thresh)
+        yield TrackedFrame(frame_idx, {obj_id: empty for obj_id in object_ids})
+    yield from track(
+        predictor,
+        state,
+        result,
+        start_frame=start,
+        score_thresh=score_thresh,
+        logits_filter=apply_non_overlapping_constraints if non_overlap else None,
+        objects_join_at_first_prompt=True,
+    )
 
 
 def track_video(
@@ -79,17 +77,19 @@ def track_video(
     score_thresh: float,
     later_objects: bool,
     non_overlap: bool,
-) -> Iterator[tuple[int, FrameMasks]]:
-    """Yield ``(frame_idx, {obj_id: bool (1, H, W) mask})`` for every output frame of a video.
+    result: Optional[TrackResult] = None,
+) -> Iterator[TrackedFrame]:
+    """Yield ``(frame_idx, {obj_id: bool (H, W) mask})`` for every output frame of a video, tracked
+    by :func:`sam2long.pipeline.track` (recorded in ``result``).
 
     Default protocol (upstream's ``vos_inference``): all objects are added on their input frames
     and tracked together from the earliest one; overlaps are resolved by the predictor (its
     ``non_overlap_masks`` setting), so ``non_overlap`` is unused. With ``later_objects``:
     :func:`track_objects_appearing_later`.
     """
+    result = TrackResult("vos") if result is None else result
     if later_objects:
-        yield from track_objects_appearing_later(predictor, state, inputs, score_thresh, non_overlap)
+        yield from track_objects_appearing_later(predictor, state, inputs, score_thresh, non_overlap, result)
         return
     add_input_masks(predictor, state, inputs, inputs.object_ids, frame_major=True)
-    for frame_idx, obj_ids, logits in predictor.propagate_in_video(state):
-        yield frame_idx, _binarize(obj_ids, logits, score_thresh)
+    yield from track(predictor, state, result, score_thresh=score_thresh)

@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 from sam2.utils.frame_sources import FrameSourceError, open_frame_source
+from sam2long.export import PalettePngWriter, PerObjectPngWriter
 from sam2long.mask_io import DAVIS_PALETTE, atomic_write_json, remove_temp_files
+from sam2long.pipeline import TrackResult
 from sam2long.vos.dataset import (
     DoneMarkers,
     MaskFolder,
-    MaskWriter,
     VosInputError,
     collect_inputs,
     resolve_video,
@@ -150,8 +151,9 @@ def run_video(predictor: SAM2VideoPredictor, name: str, opts: RunOptions) -> tup
             state = predictor.init_state(video_path=source, **opts.init_state_kwargs())
         except FrameSourceError as error:
             raise VosInputError(f"video {name!r}: {error}") from error
-        height, width = state["video_height"], state["video_width"]
-        writer = MaskWriter(out_dir, opts.per_obj_png_file, inputs.palette or DAVIS_PALETTE, height, width)
+        layout = PerObjectPngWriter if opts.per_obj_png_file else PalettePngWriter
+        size = (state.video_height, state.video_width)
+        writer = layout(out_dir, size=size, palette=inputs.palette or DAVIS_PALETTE)
         stream = track_video(
             predictor,
             state,
@@ -159,10 +161,13 @@ def run_video(predictor: SAM2VideoPredictor, name: str, opts: RunOptions) -> tup
             score_thresh=opts.score_thresh,
             later_objects=opts.later_objects,
             non_overlap=opts.tracker_non_overlap,
+            result=TrackResult(name),
         )
         frames_written = 0
         for frame_idx, per_obj in tqdm(stream, desc=name, total=len(frame_names), leave=False, position=1):
-            files.extend(writer.write(frame_names[frame_idx], per_obj))
+            written = writer.write(frame_names[frame_idx], per_obj)
+            paths = written if isinstance(written, list) else [written]
+            files.extend(path.relative_to(out_dir).as_posix() for path in paths)
             frames_written += 1
         del state
     if getattr(source, "damaged", False):

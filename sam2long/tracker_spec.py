@@ -1,0 +1,158 @@
+"""Which video predictor an application runs: plain SAM 2 or SAM2Long with its settings.
+
+The one place that maps a tracker name to its builder (:func:`build_video_predictor`), and the
+model of an application run as one value (:class:`TrackerSpec`): SAM 2 config and checkpoint, the
+tracker on top, its settings. ``sam2long segment`` (file and live), ``sam2long demo``,
+``sam2long-vos`` and :func:`sam2long.models.build_model_by_name` all build through here.
+
+One meaning of P = 1 everywhere: SAM2Long with ``num_pathways=1`` is SAM2Long with one pathway
+(as in the library); plain SAM 2 is the ``"sam2"`` tracker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import torch
+
+from sam2.precision import check_dtype
+from sam2long.config import SAM2LongConfig
+
+TrackerName = Literal["sam2", "sam2long"]
+TRACKERS: tuple[TrackerName, ...] = ("sam2", "sam2long")
+
+
+def check_tracker(tracker: str) -> None:
+    """ValueError unless ``tracker`` is one of :data:`TRACKERS`."""
+    if tracker not in TRACKERS:
+        raise ValueError(f"unknown tracker {tracker!r}; choose one of {list(TRACKERS)}")
+
+
+def build_video_predictor(
+    tracker: str,
+    config_file: str,
+    ckpt_path: Any = None,
+    device: Optional[Union[str, torch.device]] = None,
+    **kwargs: Any,
+) -> Any:
+    """The video predictor of ``tracker``: ``kwargs`` go to
+    :func:`sam2long.build_sam2long_video_predictor` (``"sam2long"``) or
+    :func:`sam2.build_sam.build_sam2_video_predictor` (``"sam2"``)."""
+    check_tracker(tracker)
+    if tracker == "sam2long":
+        from sam2long.build import build_sam2long_video_predictor
+
+        return build_sam2long_video_predictor(config_file, ckpt_path, device, **kwargs)
+    from sam2.build_sam import build_sam2_video_predictor
+
+    return build_sam2_video_predictor(config_file, ckpt_path, device, **kwargs)
+
+
+@dataclass(frozen=True)
+class TrackerSpec:
+    """The model of a run: SAM 2 config and checkpoint, and the tracker on top of it.
+
+    ``sam2long_config`` (and optionally the name of the ``preset`` it came from) is set exactly when
+    ``tracker == "sam2long"``; ``vos_optimized`` (upstream's compiled predictor) is SAM 2 only.
+    """
+
+    tracker: TrackerName
+    sam2_cfg: str
+    sam2_checkpoint: str
+    sam2long_config: Optional[SAM2LongConfig] = None
+    preset: Optional[str] = None
+    hydra_overrides: tuple[str, ...] = ()
+    apply_postprocessing: bool = False
+    vos_optimized: bool = False
+    dtype: str = "float32"  # precision policy (sam2.precision): "auto", "float32" or "bfloat16"
+
+    def __post_init__(self) -> None:
+        check_tracker(self.tracker)
+        if (self.tracker == "sam2long") != (self.sam2long_config is not None):
+            raise ValueError("a SAM2LongConfig is given exactly with the sam2long tracker")
+        if self.preset is not None and self.sam2long_config is None:
+            raise ValueError("the sam2 tracker takes no SAM2Long preset")
+        if self.vos_optimized and self.tracker != "sam2":
+            raise ValueError("the VOS-optimized video predictor is only available with the sam2 tracker")
+        check_dtype(self.dtype)
+
+    @classmethod
+    def create(
+        cls,
+        tracker: str,
+        sam2_cfg: str,
+        sam2_checkpoint: str,
+        sam2long_config: Callable[[], SAM2LongConfig],
+        preset: Optional[str] = None,
+        **options: Any,
+    ) -> TrackerSpec:
+        """The spec of ``tracker`` by name; ``sam2long_config`` is called (and ``preset`` kept) only
+        for SAM2Long, so settings that plain SAM 2 does not take are never read for it."""
+        check_tracker(tracker)
+        settings = {"sam2long_config": sam2long_config(), "preset": preset} if tracker == "sam2long" else {}
+        return cls(tracker, sam2_cfg, sam2_checkpoint, **settings, **options)
+
+    def sam2_baseline(self) -> TrackerSpec:
+        """Plain SAM 2 on the same model and settings (the comparison of ``--compare-sam2``)."""
+        return dataclasses.replace(self, tracker="sam2", sam2long_config=None, preset=None)
+
+    @property
+    def max_lag(self) -> Optional[int]:
+        """How many frames the tracker may hold an output back: SAM2Long's ``max_lag``, 0 for SAM 2."""
+        return 0 if self.sam2long_config is None else self.sam2long_config.max_lag
+
+    def label(self) -> str:
+        """Short human-readable name, for logs."""
+        if self.sam2long_config is None:
+            return "SAM 2"
+        pathways = self.sam2long_config.num_pathways
+        return f"SAM2Long, {pathways} pathway{'s' if pathways != 1 else ''}"
+
+    def describe(self) -> dict[str, Any]:
+        """The tracker and its SAM2Long settings, as recorded in fingerprints and summaries."""
+        settings = {} if self.sam2long_config is None else dataclasses.asdict(self.sam2long_config)
+        return {"tracker": self.tracker, "preset": self.preset, **settings}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Every model setting that changes the outputs (a resume marker only counts if it matches),
+        except the precision, which depends on the device too: the command adds the resolved one."""
+        checkpoint = Path(self.sam2_checkpoint).resolve()
+        return {
+            "sam2_cfg": self.sam2_cfg,
+            "sam2_checkpoint": str(checkpoint),
+            "checkpoint_bytes": checkpoint.stat().st_size if checkpoint.is_file() else None,
+            "hydra_overrides": list(self.hydra_overrides),
+            "apply_postprocessing": self.apply_postprocessing,
+            **self.describe(),
+        }
+
+    def build(
+        self, device: Union[str, torch.device], non_overlap_masks: bool, keep_outputs: bool = False
+    ) -> Any:
+        """Build the predictor on ``device``. ``non_overlap_masks`` sets the model's own non-overlap
+        constraint across the objects of one session; ``keep_outputs`` makes SAM2Long keep its
+        outputs in the session (clicks after a propagation correct them, as in the demo); a run
+        that only consumes outputs as they are yielded leaves it off, so memory stays flat in the
+        video length. SAM 2 always keeps them."""
+        overrides = [
+            f"++model.non_overlap_masks={'true' if non_overlap_masks else 'false'}",
+            *self.hydra_overrides,
+        ]
+        settings = {}
+        if self.sam2long_config is not None:
+            settings = {"config": self.sam2long_config, "store_outputs": keep_outputs}
+        return build_video_predictor(
+            self.tracker,
+            self.sam2_cfg,
+            self.sam2_checkpoint,
+            device,
+            apply_postprocessing=self.apply_postprocessing,
+            hydra_overrides_extra=overrides,
+            vos_optimized=self.vos_optimized,
+            dtype=self.dtype,
+            **settings,
+        )
