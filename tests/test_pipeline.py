@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -43,30 +44,31 @@ class FakePredictor:
     """The public API of a video predictor, with masks that say which frame and object made them:
     object ``o`` covers column ``frame + o`` on frame ``frame`` (logit 1, -1 elsewhere)."""
 
-    def init_state(self, source) -> dict:
-        return {"video_height": HEIGHT, "video_width": WIDTH, "obj_ids": [], "prompted": set()}
+    def init_state(self, source) -> SimpleNamespace:
+        """The fields of a session the application layer reads."""
+        return SimpleNamespace(video_height=HEIGHT, video_width=WIDTH, obj_ids=[], prompted=set())
 
     def add_new_points_or_box(self, state, frame_idx, obj_id, points=None, labels=None, box=None):
-        if obj_id not in state["obj_ids"]:
-            state["obj_ids"].append(obj_id)
-        state["prompted"].add(frame_idx)
+        if obj_id not in state.obj_ids:
+            state.obj_ids.append(obj_id)
+        state.prompted.add(frame_idx)
 
     def propagate_in_video(
         self, state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False, before_frame=None
     ):
-        start = min(state["prompted"]) if start_frame_idx is None else start_frame_idx
+        start = min(state.prompted) if start_frame_idx is None else start_frame_idx
         limit = NUM_FRAMES if max_frame_num_to_track is None else max_frame_num_to_track
         stop = max(start - limit, 0) - 1 if reverse else min(start + limit, NUM_FRAMES - 1) + 1
         for frame_idx in range(start, stop, -1 if reverse else 1):
             if before_frame is not None:
                 before_frame(frame_idx)
-            logits = -torch.ones(len(state["obj_ids"]), 1, HEIGHT, WIDTH)
-            for row, obj_id in enumerate(state["obj_ids"]):
+            logits = -torch.ones(len(state.obj_ids), 1, HEIGHT, WIDTH)
+            for row, obj_id in enumerate(state.obj_ids):
                 logits[row, 0, :, (frame_idx + obj_id) % WIDTH] = 1.0
-            yield frame_idx, list(state["obj_ids"]), logits
+            yield frame_idx, list(state.obj_ids), logits
 
 
-def prompted_state(predictor: FakePredictor, frames=(2,), obj_ids=(1, 2)) -> dict:
+def prompted_state(predictor: FakePredictor, frames=(2,), obj_ids=(1, 2)) -> SimpleNamespace:
     state = predictor.init_state(None)
     for frame_idx in frames:
         for obj_id in obj_ids:
