@@ -303,3 +303,110 @@ def test_sam2long_single_pathway_equals_sam2(checkpoint: Path, first_frames) -> 
         for f in ref:
             assert torch.equal(ours[f], ref[f]), f"frame {f} differs ({kw})"
             assert (ref[f] > 0).any(), "test needs non-empty masks"
+
+
+# --- memory assembly with compressed frames (SAM2Long's padded batches) -----------------------------
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint: Path):
+    from sam2.build_sam import build_sam2
+
+    return build_sam2(CFG, checkpoint, device="cpu", hydra_overrides_extra=OVERRIDES)
+
+
+def _item(model, n_frames: int, n_ptrs: int, seed: int, weight: float = 1.0):
+    """A memory item of frames encoded by the real memory encoder + perceiver of the model."""
+    from sam2.modeling.memory import ItemMemory, PointerMemory, SpatialMemory
+
+    g = torch.Generator().manual_seed(seed)
+    side = SIZE // 16
+    spatial = []
+    for i in range(n_frames):
+        feats = [torch.randn(side * side, 1, model.hidden_dim, generator=g)]
+        masks = torch.randn(1, 1, SIZE, SIZE, generator=g) * 5
+        with torch.no_grad():
+            mem, pos = model._encode_new_memory(feats, [(side, side)], masks, torch.ones(1, 1), False)
+        spatial.append(SpatialMemory(mem, pos[-1], tpos_index=i, weight=weight))
+    pointers = [
+        PointerMemory(torch.randn(1, model.hidden_dim, generator=g), distance=j + 1, weight=weight)
+        for j in range(n_ptrs)
+    ]
+    return ItemMemory(spatial=spatial, pointers=pointers)
+
+
+def _attend(model, batch, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    n, rows = (SIZE // 16) ** 2, batch.memory.size(1)
+    curr = torch.randn(n, 1, model.hidden_dim, generator=g).expand(-1, rows, -1)
+    pos = torch.randn(n, 1, model.hidden_dim, generator=g).expand(-1, rows, -1)
+    with torch.no_grad():
+        return model.memory_attention(
+            curr=curr,
+            curr_pos=pos,
+            memory=batch.memory,
+            memory_pos=batch.memory_pos,
+            num_obj_ptr_tokens=batch.num_obj_ptr_tokens,
+            memory_key_scale=batch.key_scale,
+            memory_key_mask=batch.key_mask,
+            num_spatial_mem=batch.num_spatial_mem,
+        )
+
+
+def _assemble(model, items):
+    with torch.no_grad():
+        return model.assemble_memory(items, num_frames=50, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_memory_frames_are_compressed_latents(model) -> None:
+    """A memory frame is 256 global + 256 2D latents (``tokens_per_frame`` = 512), positions zero
+    for the global ones, and the same for every frame and row (sessions store them once)."""
+    item = _item(model, 2, 1, seed=1)
+    per_frame = model.spatial_perceiver.num_tokens
+    assert per_frame == 512
+    assert item.spatial[0].features.shape == (1, model.mem_dim, 1, per_frame)
+    pos = item.spatial[0].pos_enc
+    assert not pos[..., :256].any() and pos[..., 256:].abs().sum() > 0
+    assert torch.equal(pos, item.spatial[1].pos_enc)
+    batch = _assemble(model, [item])
+    split = model.hidden_dim // model.mem_dim
+    assert batch.memory.shape == (2 * per_frame + split, 1, model.mem_dim)
+    assert batch.num_spatial_mem == 2
+
+
+def test_ragged_compressed_items_attend_only_to_their_own_entries(model) -> None:
+    """Padded rows (SAM2Long's pathways with different memory lengths): each row equals its item alone,
+    so the per-frame key RoPE lines up with the padded frame grid and the key mask hides the padding."""
+    items = [_item(model, 3, 2, seed=1), _item(model, 1, 0, seed=2), _item(model, 2, 1, seed=5)]
+    batch = _assemble(model, items)
+    assert batch.key_mask is not None and batch.num_spatial_mem == 3
+    fused = _attend(model, batch)
+    for b, item in enumerate(items):
+        alone = _attend(model, _assemble(model, [item]))
+        torch.testing.assert_close(fused[:, b], alone[:, 0], rtol=0, atol=1e-4)
+
+
+def test_weights_scale_every_latent_of_a_frame(model) -> None:
+    item = _item(model, 2, 1, seed=3)
+    item.spatial[0].weight, item.spatial[1].weight, item.pointers[0].weight = 0.95, 1.05, 0.9
+    batch = _assemble(model, [item])
+    n, split = model.spatial_perceiver.num_tokens, model.hidden_dim // model.mem_dim
+    expected = torch.tensor([0.95] * n + [1.05] * n + [0.9] * split)
+    torch.testing.assert_close(batch.key_scale[0, :, 0], expected)
+    unit = _assemble(model, [_item(model, 2, 1, seed=3)])
+    assert not torch.allclose(_attend(model, batch), _attend(model, unit))
+
+
+def test_sam2long_default_search_runs(checkpoint: Path, first_frames) -> None:
+    """SAM2Long's default tree (several pathways, memory selection and modulation) on EdgeTAM."""
+    from sam2long import build_sam2long_video_predictor
+
+    frames = first_frames(NUM_FRAMES)
+    predictor = build_sam2long_video_predictor(
+        CFG, checkpoint, device="cpu", apply_postprocessing=False, hydra_overrides_extra=OVERRIDES
+    )
+    out = _run_ours(predictor, frames, ALL)
+    assert sorted(out) == list(range(NUM_FRAMES))
+    for frame, masks in out.items():
+        assert masks.shape[0] == 3 and bool(torch.isfinite(masks).all()), frame
+    assert bool((out[NUM_FRAMES - 1] > 0).flatten(1).any(dim=1).all())
