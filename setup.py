@@ -36,6 +36,8 @@ EXTRAS = {
     "hf": ["huggingface_hub>=0.20"],
     # detector re-prompting: ultralytics YOLO is the detector SAM2-LongVideo re-prompts with
     "yolo": ["ultralytics>=8.3"],
+    # EdgeTAM's RepViT trunk (configs/edgetam.yaml); the official package pins timm 1.0.15
+    "edgetam": ["timm>=1.0.15"],
 }
 
 setup(

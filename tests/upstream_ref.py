@@ -246,8 +246,12 @@ def driver_script(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> str:
 class UpstreamJob:
     """An upstream driver running in a subprocess; :meth:`result` waits for and loads its output."""
 
-    def __init__(self, script: str, args: dict[str, Any], threads: int, timeout: float) -> None:
-        root = require_upstream()
+    def __init__(
+        self, script: str, args: dict[str, Any], threads: int, timeout: float, root: Path | None = None
+    ) -> None:
+        """``root``: the reference's import root (another official ``sam2`` package, e.g.
+        EdgeTAM's, see ``edgetam_ref.py``); default the pinned upstream sdist."""
+        root = require_upstream() if root is None else root
         self._tmp = tempfile.TemporaryDirectory(prefix="sam2-upstream-")
         self.work = Path(self._tmp.name).resolve()
         assert not self.work.is_relative_to(REPO_ROOT), f"scratch dir {self.work} is inside the repo"
@@ -305,16 +309,20 @@ def run_upstream(script: str, args: dict[str, Any], timeout: float = 900.0) -> d
 
 
 def run_both(
-    driver: Callable[[dict[str, Any]], dict[str, Any]], args: dict[str, Any], timeout: float = 900.0
+    driver: Callable[[dict[str, Any]], dict[str, Any]],
+    args: dict[str, Any],
+    timeout: float = 900.0,
+    root: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(ours, upstream)`` results of the self-contained ``driver`` on the same ``args``.
 
     Upstream runs in its subprocess while ours runs here; the thread budget of this process is
     split between the two for that time, so both sides together use no more cores than one.
+    ``root`` selects another reference than upstream sam2 (see :class:`UpstreamJob`).
     """
     assert_ours_imported()
     threads = torch.get_num_threads()
-    job = UpstreamJob(driver_script(driver), args, threads=max(1, threads // 2), timeout=timeout)
+    job = UpstreamJob(driver_script(driver), args, threads=max(1, threads // 2), timeout=timeout, root=root)
     torch.set_num_threads(max(1, threads - threads // 2))
     try:
         with torch.no_grad():

@@ -134,6 +134,8 @@ class MemoryBatch:
     num_obj_ptr_tokens: int
     key_mask: Optional[Tensor] = None  # [B, N] bool, True = attend; None when nothing is padded
     key_scale: Optional[Tensor] = None  # [B, N, 1]; None when every weight is 1
+    # memory frames before the pointers, padded ones included (EdgeTAM's per-frame key RoPE)
+    num_spatial_mem: int = -1
 
 
 def _pad_tokens(tokens: Tensor, length: int) -> Tensor:
@@ -173,7 +175,9 @@ def pad_and_stack(items: Sequence[ItemTokens], dtype: torch.dtype) -> MemoryBatc
             row += _row_values(item.pointer_weights, item.tokens_per_pointer, ptr_len, 1.0)
             b = item.frames.size(1)
             scale = torch.tensor([row] * b, dtype=dtype, device=item.frames.device).unsqueeze(-1)
-        return MemoryBatch(torch.cat(memory, dim=0), torch.cat(memory_pos, dim=0), ptr_len, None, scale)
+        return MemoryBatch(
+            torch.cat(memory, dim=0), torch.cat(memory_pos, dim=0), ptr_len, None, scale, len(item.frame_weights)
+        )
 
     device = items[0].frames.device
     memory, memory_pos, valid_rows, weight_rows = [], [], [], []
@@ -209,4 +213,5 @@ def pad_and_stack(items: Sequence[ItemTokens], dtype: torch.dtype) -> MemoryBatc
         num_obj_ptr_tokens=ptr_len,
         key_mask=None if bool(key_mask.all()) else key_mask,
         key_scale=None if bool((key_scale == 1).all()) else key_scale,
+        num_spatial_mem=frame_len // items[0].tokens_per_frame,
     )

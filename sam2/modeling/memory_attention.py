@@ -10,7 +10,7 @@ from typing import List, Optional, Union
 
 from torch import Tensor, nn
 
-from sam2.modeling.sam.transformer import RoPEAttention
+from sam2.modeling.sam.transformer import RoPEAttention, RoPEAttentionv2
 from sam2.modeling.sam2_utils import get_activation_fn, get_clones
 
 
@@ -80,12 +80,17 @@ class MemoryAttentionLayer(nn.Module):
         num_k_exclude_rope: int = 0,
         memory_key_scale: Optional[Tensor] = None,
         memory_key_mask: Optional[Tensor] = None,
+        rope_k_repeat: int = -1,
     ) -> Tensor:
         extra = {}
         if memory_key_mask is not None:
             # [B, N_mem] -> [B, 1 (heads), 1 (queries), N_mem] for scaled_dot_product_attention.
             extra["attn_mask"] = memory_key_mask[:, None, None, :]
-        if num_k_exclude_rope > 0:
+        if isinstance(self.cross_attn_image, RoPEAttentionv2):
+            # EdgeTAM: keys are memory frames of latents (2D ones rotated per frame) + pointers.
+            extra["num_k_exclude_rope"] = num_k_exclude_rope
+            extra["rope_k_repeat"] = rope_k_repeat
+        elif num_k_exclude_rope > 0:
             if not isinstance(self.cross_attn_image, RoPEAttention):
                 raise TypeError("num_k_exclude_rope requires a RoPEAttention cross-attention")
             extra["num_k_exclude_rope"] = num_k_exclude_rope
@@ -107,6 +112,7 @@ class MemoryAttentionLayer(nn.Module):
         memory_key_scale: Optional[Tensor] = None,
         memory_key_mask: Optional[Tensor] = None,
         rows_equal: bool = False,
+        rope_k_repeat: int = -1,
     ) -> Tensor:
         """Update ``tgt`` tokens by attending to themselves and to ``memory``.
 
@@ -116,6 +122,8 @@ class MemoryAttentionLayer(nn.Module):
         ``memory_key_mask`` (``[B, N_mem]`` bool, True = attend) hides padded memory tokens.
         ``rows_equal`` (batch-first ``tgt`` and ``query_pos`` whose rows are all the same): the
         self-attention runs on the first row only and is broadcast, the same arithmetic per row.
+        ``rope_k_repeat`` is the number of memory frames in ``memory``, used by a
+        ``RoPEAttentionv2`` cross-attention (EdgeTAM) only.
         """
         if rows_equal:
             first_pos = None if query_pos is None else query_pos[:1]
@@ -123,7 +131,7 @@ class MemoryAttentionLayer(nn.Module):
         else:
             tgt = self._forward_sa(tgt, query_pos)
         tgt = self._forward_ca(
-            tgt, memory, query_pos, pos, num_k_exclude_rope, memory_key_scale, memory_key_mask
+            tgt, memory, query_pos, pos, num_k_exclude_rope, memory_key_scale, memory_key_mask, rope_k_repeat
         )
         x = self.norm3(tgt)
         x = self.linear2(self.dropout(self.activation(self.linear1(x))))
@@ -170,6 +178,7 @@ class MemoryAttention(nn.Module):
         num_obj_ptr_tokens: int = 0,
         memory_key_scale: Optional[Tensor] = None,
         memory_key_mask: Optional[Tensor] = None,
+        num_spatial_mem: int = -1,
     ) -> Tensor:
         """Condition current-frame tokens on the memory.
 
@@ -186,6 +195,8 @@ class MemoryAttention(nn.Module):
                 the key projection (values are unscaled). ``None`` gives exactly SAM 2's result.
             memory_key_mask: optional ``[B, N_mem]`` bool mask (True = attend), used when memories
                 of different lengths are padded into one batch. ``None`` attends to every token.
+            num_spatial_mem: number of memory frames (padded ones included) before the pointers;
+                only a ``RoPEAttentionv2`` cross-attention (EdgeTAM) reads it.
 
         Returns:
             ``[N_q, B, C]`` conditioned tokens.
@@ -228,8 +239,10 @@ class MemoryAttention(nn.Module):
 
         for i, layer in enumerate(self.layers):
             extra = {"rows_equal": True} if rows_equal and i == 0 else {}
-            if isinstance(layer.cross_attn_image, RoPEAttention):
+            if isinstance(layer.cross_attn_image, (RoPEAttention, RoPEAttentionv2)):
                 extra["num_k_exclude_rope"] = num_obj_ptr_tokens
+            if isinstance(layer.cross_attn_image, RoPEAttentionv2):
+                extra["rope_k_repeat"] = num_spatial_mem
             if scale is not None:
                 extra["memory_key_scale"] = scale
             if memory_key_mask is not None:

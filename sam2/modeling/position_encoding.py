@@ -259,3 +259,33 @@ def apply_rotary_enc(
         freqs = freqs.unsqueeze(2).expand(-1, -1, reps, -1, -1).flatten(2, 3)
     k_out = torch.view_as_real(k_c * freqs).flatten(3).type_as(xk).to(xk.device)
     return q_out, k_out
+
+
+def apply_rotary_enc_per_frame(x: torch.Tensor, freqs_cis: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Rotate keys ``[B, heads, L, D]`` made of ``num_frames`` equal-length frames (EdgeTAM).
+
+    Each frame holds ``L / num_frames`` tokens of which the *last* ``freqs_cis.shape[0]`` (a 2D
+    latent grid) are rotated by ``freqs_cis``; any tokens before them in the frame (global
+    latents) are left as they are. ``num_frames == 0`` requires ``L == 0``.
+    """
+    if num_frames == 0 and x.shape[-2] != 0:
+        raise ValueError("keys to rotate but num_frames == 0")
+    if x.shape[-2] == 0:
+        return x
+    b, heads, length, dim = x.shape
+    if length % num_frames != 0:
+        raise ValueError(f"{length} keys do not split into {num_frames} frames")
+    per_frame = length // num_frames
+    n_rope = freqs_cis.shape[0]
+    n_plain = per_frame - n_rope
+    if n_plain < 0:
+        raise ValueError(f"frames of {per_frame} tokens are shorter than the {n_rope} rotated ones")
+    frames = x.view(b, heads, num_frames, per_frame, dim)
+    rot = _as_complex_pairs(frames[..., n_plain:, :])  # [B, heads, F, n_rope, D/2]
+    shape = [1] * (rot.ndim - 2) + [rot.shape[-2], rot.shape[-1]]
+    if tuple(freqs_cis.shape) != (rot.shape[-2], rot.shape[-1]):
+        raise ValueError(f"freqs_cis shape {tuple(freqs_cis.shape)} does not match {tuple(rot.shape[-2:])}")
+    rotated = torch.view_as_real(rot * freqs_cis.view(*shape)).flatten(4).type_as(x).to(x.device)
+    if n_plain == 0:
+        return rotated.reshape(b, heads, length, dim)
+    return torch.cat((frames[..., :n_plain, :], rotated), dim=3).reshape(b, heads, length, dim)

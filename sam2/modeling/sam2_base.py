@@ -135,6 +135,8 @@ class SAM2Base(nn.Module):
         # extra keyword arguments for MaskDecoder (e.g. dynamic multimask via stability)
         sam_mask_decoder_extra_args: Optional[dict[str, Any]] = None,
         compile_image_encoder: bool = False,
+        # EdgeTAM: compresses every new memory frame to latent tokens (sam2.modeling.perceiver)
+        spatial_perceiver: Optional[nn.Module] = None,
         # compute precision of the predictors' public calls: "auto" | "float32" | "bfloat16"
         # (sam2.precision; not a config entry, builders pass it)
         dtype: str = "float32",
@@ -165,6 +167,7 @@ class SAM2Base(nn.Module):
         self.memory_attention = memory_attention
         self.hidden_dim: int = image_encoder.neck.d_model
         self.memory_encoder = memory_encoder
+        self.spatial_perceiver = spatial_perceiver
         self.mem_dim: int = self.hidden_dim
         out_proj = getattr(memory_encoder, "out_proj", None)
         if out_proj is not None and hasattr(out_proj, "weight"):
@@ -517,6 +520,7 @@ class SAM2Base(nn.Module):
                 memory=self.no_mem_embed.expand(1, batch, self.mem_dim),
                 memory_pos=self.no_mem_pos_enc.expand(1, batch, self.mem_dim),
                 num_obj_ptr_tokens=0,
+                num_spatial_mem=1,
             )
         else:
             item = self._memory_item(
@@ -543,6 +547,7 @@ class SAM2Base(nn.Module):
             num_obj_ptr_tokens=memory.num_obj_ptr_tokens,
             memory_key_scale=memory.key_scale,
             memory_key_mask=memory.key_mask,
+            num_spatial_mem=memory.num_spatial_mem,
         )
         return self._to_feature_map(fused, size)
 
@@ -771,7 +776,20 @@ class SAM2Base(nn.Module):
             maskmem_features += absent[..., None, None] * self.no_obj_embed_spatial[..., None, None].expand(
                 *maskmem_features.shape
             )
+        if self.spatial_perceiver is not None:
+            maskmem_features, maskmem_pos_enc = self._compress_memory(maskmem_features, maskmem_pos_enc)
         return maskmem_features, maskmem_pos_enc
+
+    def _compress_memory(self, features: Tensor, pos_enc: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """EdgeTAM: ``[B, C, h, w]`` memory -> ``N`` perceiver latents, as a ``[B, C, 1, N]`` map.
+
+        Stored memories keep the 4-D map layout every consumer reads (sessions, SAM2Long's tree):
+        ``flatten(2).permute(2, 0, 1)`` of a ``1 x N`` map gives the latents in the official token
+        order, so memory assembly and ``tokens_per_frame`` (= ``N``) need no special case.
+        """
+        latents, pos = self.spatial_perceiver(features, pos_enc[0])
+        as_map = lambda t: t.transpose(1, 2).unsqueeze(2)  # noqa: E731 - [B, N, C] -> [B, C, 1, N]
+        return as_map(latents), [as_map(pos)] + list(pos_enc[1:])
 
     # ------------------------------------------------------------------ tracking step
 

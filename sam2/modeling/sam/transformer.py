@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam2.modeling.position_encoding import apply_rotary_enc, compute_axial_cis
+from sam2.modeling.position_encoding import apply_rotary_enc, apply_rotary_enc_per_frame, compute_axial_cis
 from sam2.modeling.sam2_utils import MLP
 
 
@@ -265,6 +265,71 @@ class RoPEAttention(Attention):
 
         n_rope = k.shape[-2] - num_k_exclude_rope
         q, k_rot = apply_rotary_enc(q, k[:, :, :n_rope], freqs_cis=freqs, repeat_freqs_k=self.rope_k_repeat)
+        if num_k_exclude_rope > 0:
+            k = torch.cat([k_rot, k[:, :, n_rope:]], dim=-2)
+        else:
+            k = k_rot
+        return self._attend(q, k, v, attn_mask=attn_mask)
+
+
+class RoPEAttentionv2(Attention):
+    """EdgeTAM's cross-attention to compressed memories, with fixed query and key RoPE grids.
+
+    Queries are a ``q_sizes`` grid (the current frame's stride-16 map). Keys are ``rope_k_repeat``
+    memory frames of equal length, each ending with a ``k_sizes`` grid of 2D latents (rotated by
+    their own grid positions; the global latents before them are not rotated), followed by
+    ``num_k_exclude_rope`` object-pointer tokens that get no rotation. Padded (masked) frames may
+    be included in ``rope_k_repeat``: they are rotated like the others and hidden by ``attn_mask``.
+    """
+
+    def __init__(
+        self,
+        *args,
+        rope_theta: float = 10000.0,
+        q_sizes: Tuple[int, int] = (32, 32),
+        k_sizes: Tuple[int, int] = (32, 32),
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            rope_theta: RoPE base frequency.
+            q_sizes: ``(w, h)`` of the query grid (``image_size / 16`` per side).
+            k_sizes: ``(w, h)`` of each memory frame's 2D latent grid.
+            *args, **kwargs: forwarded to ``Attention``.
+        """
+        super().__init__(*args, **kwargs)
+        self.rope_theta = rope_theta
+        dim = self.internal_dim // self.num_heads
+        # plain attributes (not buffers): out of the state_dict, never cast by ``module.to(dtype)``
+        self.freqs_cis_q = compute_axial_cis(dim=dim, end_x=q_sizes[0], end_y=q_sizes[1], theta=rope_theta)
+        self.freqs_cis_k = compute_axial_cis(dim=dim, end_x=k_sizes[0], end_y=k_sizes[1], theta=rope_theta)
+
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        num_k_exclude_rope: int = 0,
+        rope_k_repeat: int = -1,
+        attn_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """``rope_k_repeat``: number of memory frames in ``k``; -1 means every rotated key is a
+        2D latent (frames without global latents)."""
+        q, k, v = self._project(q, k, v)
+        if self.freqs_cis_q.device != q.device:
+            self.freqs_cis_q = self.freqs_cis_q.to(q.device)
+            self.freqs_cis_k = self.freqs_cis_k.to(q.device)
+        if q.shape[-2] != self.freqs_cis_q.shape[0]:
+            raise ValueError(
+                f"{q.shape[-2]} query tokens for a {self.freqs_cis_q.shape[0]}-token RoPE grid "
+                "(set q_sizes to image_size / 16)"
+            )
+        q_c = torch.view_as_complex(q.float().reshape(*q.shape[:-1], -1, 2))
+        q = torch.view_as_real(q_c * self.freqs_cis_q).flatten(3).type_as(q)
+
+        n_rope = k.shape[-2] - num_k_exclude_rope
+        frames = rope_k_repeat if rope_k_repeat >= 0 else n_rope // self.freqs_cis_k.shape[0]
+        k_rot = apply_rotary_enc_per_frame(k[:, :, :n_rope], self.freqs_cis_k, frames)
         if num_k_exclude_rope > 0:
             k = torch.cat([k_rot, k[:, :, n_rope:]], dim=-2)
         else:
