@@ -168,6 +168,14 @@ _REGISTRY: dict[str, ModelSpec] = {
             "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b",
             897_952_466,
         ),
+        # EdgeTAM ships its checkpoint in its repository (facebookresearch/EdgeTAM, checkpoints/edgetam.pt,
+        # Apache-2.0); no public project pins its digest, so it is recorded on first download.
+        ModelSpec(
+            "edgetam",
+            "configs/edgetam.yaml",
+            "https://github.com/facebookresearch/EdgeTAM/raw/main/checkpoints/edgetam.pt",
+            "edgetam.pt",
+        ),
     )
 }
 
@@ -569,6 +577,8 @@ def cpu_cost_hint(config_file: str, device: Any, tracker: str, bf16: bool) -> Op
     config name's last part: ``sam2.1_hiera_l.yaml`` -> ``l``)."""
     if str(device).split(":")[0] != "cpu":
         return None
+    if "hiera" not in Path(config_file).stem:
+        return None  # the table is for SAM 2's Hiera sizes
     size = Path(config_file).stem.rsplit("_", 1)[-1]
     if size not in _CPU_ENCODER_SECONDS or size == "t" or tracker not in _CPU_REST_SECONDS:
         return None
@@ -588,7 +598,7 @@ def cpu_cost_hint(config_file: str, device: Any, tracker: str, bf16: bool) -> Op
 def add_download_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``sam2long download`` arguments to ``parser`` (for a subcommand parser)."""
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"models to fetch: {', '.join(_REGISTRY)}")
-    parser.add_argument("--all", action="store_true", help="fetch all 8 models")
+    parser.add_argument("--all", action="store_true", help=f"fetch all {len(_REGISTRY)} models")
     parser.add_argument(
         "--cache",
         metavar="DIR",

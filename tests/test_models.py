@@ -189,8 +189,8 @@ def fetch(spec: ModelSpec, server: ServerState, cache: Path, **kwargs) -> Path:
 # --- registry and cache location -------------------------------------------------------------------
 
 
-def test_registry_lists_the_eight_official_models() -> None:
-    assert list(models.MODELS) == NAMES
+def test_registry_lists_the_official_sam2_models() -> None:
+    assert list(models.MODELS)[: len(NAMES)] == NAMES
     script = (REPO / "checkpoints" / "download_ckpts.sh").read_text()
     hf_configs = dict((name, config) for config, name in HF_MODEL_ID_TO_FILENAMES.values())
     for name in NAMES:
@@ -203,11 +203,19 @@ def test_registry_lists_the_eight_official_models() -> None:
         assert (Path(sam2.__file__).parent / spec.config).is_file()
         assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256)
         assert spec.size_bytes > 100_000_000
-    assert len({spec.sha256 for spec in models.MODELS.values()}) == 8
+    assert len({resolve_model(name).sha256 for name in NAMES}) == 8
     with pytest.raises(TypeError):
         models.MODELS["x"] = resolve_model("sam2-tiny")
     with pytest.raises(AttributeError):
         resolve_model("sam2-tiny").sha256 = None
+
+
+def test_registry_lists_the_on_device_models() -> None:
+    """EdgeTAM by name: its official URL and config; no public digest, so none is claimed."""
+    spec = resolve_model("edgetam")
+    assert spec.url == "https://github.com/facebookresearch/EdgeTAM/raw/main/checkpoints/edgetam.pt"
+    assert (Path(sam2.__file__).parent / spec.config).is_file() and spec.sha256 is None
+    assert models.cpu_cost_hint(spec.config, "cpu", "sam2long", bf16=False) is None, "the hint table is Hiera's"
 
 
 def test_unknown_model_name_lists_the_known_ones() -> None:
