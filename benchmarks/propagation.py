@@ -19,6 +19,10 @@ Example (about 3 minutes on 2 CPU cores)::
     python benchmarks/propagation.py --image_size 256 --frames 8,32 --objects 2 --modes sam2,p1,p3 \\
         --dtypes float32,bfloat16 --json /tmp/propagation.json
 
+``--config`` takes several model configs, comma-separated, for one table across models (e.g. SAM 2.1
+tiny against the on-device EdgeTAM: ``--config configs/sam2.1/sam2.1_hiera_t.yaml,configs/edgetam.yaml
+--image_size 1024``; EdgeTAM's memory attention is laid out for 1024 px).
+
 Modes: ``sam2`` (SAM2VideoPredictor), ``pN`` (SAM2Long with N pathways, outputs not stored),
 ``pN-unshared`` (the same with the exact first-layer sharing of memory attention switched off, to
 measure what it saves; outputs are bit-identical, ``tests/test_shared_rows.py``).
@@ -221,13 +225,16 @@ def run_case(args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - start
     timer.remove()
     peak, kind = _peak_memory(device)
-    held = {key: value for key, value in state.items() if key != "images"}  # the frame loader is not tracking state
+    held = {
+        key: value for key, value in state.items() if key != "images"
+    }  # the frame loader is not tracking state
     state_mb = _tensor_bytes(held) / 2**20
     per_frame = seconds / max(frames, 1)
     stages_ms = {stage: 1000 * value / max(frames, 1) for stage, value in timer.seconds.items()}
     stages_ms["tree_host"] = 1000 * per_frame - sum(stages_ms.values())
     precision = predictor.precision
     return {
+        "model": Path(args.config).stem,
         "mode": args.mode,
         "dtype": precision.name,
         "dtype_requested": precision.requested,
@@ -299,20 +306,21 @@ def format_row(row: dict) -> str:
     stages = " ".join(f"{row[f'{stage}_ms']:>9.1f}" for stage in STAGE_COLUMNS)
     return (
         f"{row['mode']:>5} {_dtype_label(row):>9} {row['frames']:>6} {row['s_per_frame']:>8.3f} "
-        f"{row['fps']:>7.2f} | {stages} | {row['peak_mb']:>8.1f} {row['state_mb']:>8.2f}"
+        f"{row['fps']:>7.2f} | {stages} | {row['peak_mb']:>8.1f} {row['state_mb']:>8.2f}  {row['model']}"
     )
 
 
 TABLE_HEADER = (
     f"{'mode':>5} {'dtype':>9} {'frames':>6} {'s/frame':>8} {'fps':>7} | "
     + " ".join(f"{name:>9}" for name in ("enc", "mem_attn", "decoder", "mem_enc", "tree+host"))
-    + f" | {'peak_MB':>8} {'state_MB':>8}"
+    + f" | {'peak_MB':>8} {'state_MB':>8}  model"
 )
 
 
-def _case_command(args: argparse.Namespace, mode: str, num_frames: int, dtype: str) -> list[str]:
+def _case_command(args: argparse.Namespace, config: str, mode: str, num_frames: int, dtype: str) -> list[str]:
     cmd = [sys.executable, __file__, "--mode", mode, "--num_frames", str(num_frames), "--case_dtype", dtype]
-    for name in ("config", "image_size", "objects", "device", "checkpoint", "video"):
+    cmd += ["--config", config]
+    for name in ("image_size", "objects", "device", "checkpoint", "video"):
         if getattr(args, name) is not None:
             cmd += [f"--{name}", str(getattr(args, name))]
     return cmd
@@ -322,7 +330,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", default="configs/sam2.1/sam2.1_hiera_t.yaml")
+    parser.add_argument(
+        "--config",
+        default="configs/sam2.1/sam2.1_hiera_t.yaml",
+        help="model config(s), comma-separated: one table, a row per model x mode x frames x dtype",
+    )
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--image_size", type=int, default=512)
     parser.add_argument(
@@ -366,20 +378,27 @@ def main() -> None:
     print("# stage columns: ms per frame; tree+host = wall time minus the four network stages")
     print(TABLE_HEADER, flush=True)
     rows = []
-    for mode in args.modes.split(","):
-        for num_frames in (int(n) for n in args.frames.split(",")):
-            for dtype in dtypes:
-                proc = subprocess.run(
-                    _case_command(args, mode, num_frames, dtype), capture_output=True, text=True
-                )
-                if proc.returncode != 0:
-                    sys.stderr.write(proc.stderr)
-                    sys.exit(f"case mode={mode} frames={num_frames} dtype={dtype} failed ({proc.returncode})")
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
-                rows.append(row)
-                print(format_row(row), flush=True)
-                if args.json is not None:
-                    write_json_atomic(args.json, {"header": header, "rows": rows})
+    cases = [
+        (config, mode, int(num_frames), dtype)
+        for config in args.config.split(",")
+        for mode in args.modes.split(",")
+        for num_frames in args.frames.split(",")
+        for dtype in dtypes
+    ]
+    for config, mode, num_frames, dtype in cases:
+        proc = subprocess.run(
+            _case_command(args, config, mode, num_frames, dtype), capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            sys.exit(
+                f"case {config} mode={mode} frames={num_frames} dtype={dtype} failed ({proc.returncode})"
+            )
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(format_row(row), flush=True)
+        if args.json is not None:
+            write_json_atomic(args.json, {"header": header, "rows": rows})
 
 
 if __name__ == "__main__":
