@@ -206,8 +206,10 @@ def test_video_propagation_matches_official(ckpt: Path, frames: Path) -> None:
         "overrides": OVERRIDES,
         "frames_dir": str(frames),
         "prompts": video_prompts(width, height),
-        # forward from the last prompted frame, then back over the whole clip
-        "propagations": [(4, False), (NUM_FRAMES - 1, True)],
+        # From the last prompted frame forward, then backward: every frame is covered. (Upstream
+        # on CPU cannot start the reverse pass later, see test_parity_video: bf16 memories of
+        # objects whose only pointer lies in the reverse-time future reach an fp32 linear.)
+        "propagations": [(4, False), (4, True)],
     }
     ours, theirs = run_both(video_driver, args)
     for (ids, m), (tids, tm) in zip(ours["prompts"], theirs["prompts"]):
@@ -221,8 +223,8 @@ def test_video_propagation_matches_official(ckpt: Path, frames: Path) -> None:
             assert max_abs_diff(m, tm) <= LOGIT_ATOL, f"frame {f}"
             for k in range(len(ids)):
                 assert mask_iou(m[k] > 0, tm[k] > 0) >= MIN_IOU, (f, ids[k])
-    assert len(ours["runs"][1]) == NUM_FRAMES
-    assert all((m > 0).any() for _, _, m in ours["runs"][1]), "test needs non-empty masks"
+    assert sorted({f for run in ours["runs"] for f, _, _ in run}) == list(range(NUM_FRAMES))
+    assert all((m > 0).any() for run in ours["runs"] for _, _, m in run), "test needs non-empty masks"
 
 
 def _propagate(predictor, frames: Path, objects, **kw) -> dict[int, torch.Tensor]:
