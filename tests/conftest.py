@@ -54,6 +54,13 @@ def bedroom_dir() -> Path:
     return BEDROOM_DIR
 
 
+def copy_first_frames(out: Path, count: int) -> Path:
+    """Copy the first ``count`` bedroom frames into the folder ``out`` and return it."""
+    for src in sorted(BEDROOM_DIR.glob("*.jpg"))[:count]:
+        (out / src.name).write_bytes(src.read_bytes())
+    return out
+
+
 @pytest.fixture(scope="session")
 def first_frames(bedroom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
     """``first_frames(n)``: a folder with the first ``n`` bedroom frames (480x270), made once per ``n``."""
@@ -61,10 +68,7 @@ def first_frames(bedroom_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
     def make(count: int) -> Path:
         if count not in made:
-            out = tmp_path_factory.mktemp(f"frames{count}")
-            for src in sorted(bedroom_dir.glob("*.jpg"))[:count]:
-                (out / src.name).write_bytes(src.read_bytes())
-            made[count] = out
+            made[count] = copy_first_frames(tmp_path_factory.mktemp(f"frames{count}"), count)
         return made[count]
 
     return make
@@ -86,12 +90,29 @@ def set_object_score_bias(state_dict: dict[str, torch.Tensor], bias: float) -> N
     state_dict[keys[0]].fill_(bias)
 
 
+def checkpoint_state_dict(
+    config_file: str, seed: int = 0, obj_score_bias: float | None = None
+) -> dict[str, torch.Tensor]:
+    """The seeded random state dict :func:`make_checkpoint` saves for ``config_file``.
+
+    Key names and shapes come from our own model built without a checkpoint; ``obj_score_bias``
+    (if given) is applied with :func:`set_object_score_bias`. Plain function, so golden-file
+    generators (``tools/golden/``) feed the reference exactly the weights the tests use.
+    """
+    from sam2.build_sam import build_sam2
+
+    model = build_sam2(config_file, None, device="cpu", apply_postprocessing=False)
+    state_dict = random_state_dict(model.state_dict(), seed)
+    if obj_score_bias is not None:
+        set_object_score_bias(state_dict, obj_score_bias)
+    return state_dict
+
+
 @pytest.fixture(scope="session")
 def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Factory writing ``{"model": state_dict}`` with seeded random weights for a config.
 
-    Key names and shapes come from our own model built without a checkpoint. ``obj_score_bias``
-    (if given) is applied with :func:`set_object_score_bias`. Files are cached for the session.
+    The weights are :func:`checkpoint_state_dict`'s. Files are cached for the session.
     """
     made: dict[tuple[str, int, float | None], Path] = {}
     root = tmp_path_factory.mktemp("checkpoints")
@@ -99,12 +120,7 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
     def make(config_file: str, seed: int = 0, obj_score_bias: float | None = None) -> Path:
         key = (config_file, seed, obj_score_bias)
         if key not in made:
-            from sam2.build_sam import build_sam2
-
-            model = build_sam2(config_file, None, device="cpu", apply_postprocessing=False)
-            state_dict = random_state_dict(model.state_dict(), seed)
-            if obj_score_bias is not None:
-                set_object_score_bias(state_dict, obj_score_bias)
+            state_dict = checkpoint_state_dict(config_file, seed, obj_score_bias)
             path = root / f"{Path(config_file).stem}_seed{seed}_{len(made)}.pt"
             torch.save({"model": state_dict}, path)
             made[key] = path

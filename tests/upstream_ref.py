@@ -247,19 +247,27 @@ class UpstreamJob:
     """An upstream driver running in a subprocess; :meth:`result` waits for and loads its output."""
 
     def __init__(
-        self, script: str, args: dict[str, Any], threads: int, timeout: float, root: Path | None = None
+        self,
+        script: str,
+        args: dict[str, Any],
+        threads: int,
+        timeout: float,
+        root: Path | None = None,
+        prelude: str = _PRELUDE,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """``root``: the reference's import root (another official ``sam2`` package, e.g.
-        EdgeTAM's, see ``edgetam_ref.py``); default the pinned upstream sdist."""
+        """``root`` (default: the upstream sam2 sdist) goes on the child's ``PYTHONPATH``;
+        ``prelude`` is the driver's header (it gets ``sys.argv[3]`` = root, ``[4]`` = threads);
+        ``env`` adds variables to the child's environment."""
         root = require_upstream() if root is None else root
         self._tmp = tempfile.TemporaryDirectory(prefix="sam2-upstream-")
         self.work = Path(self._tmp.name).resolve()
         assert not self.work.is_relative_to(REPO_ROOT), f"scratch dir {self.work} is inside the repo"
         self.timeout = timeout
         driver = self.work / "driver.py"
-        driver.write_text(_PRELUDE + "\n" + textwrap.dedent(script) + "\n" + _EPILOGUE)
+        driver.write_text(prelude + "\n" + textwrap.dedent(script) + "\n" + _EPILOGUE)
         torch.save(args, self.work / "in.pt")
-        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, **(env or {}), "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)}
         env.pop("PYTHONHOME", None)
         cmd = [
             sys.executable,
@@ -320,9 +328,17 @@ def run_both(
     split between the two for that time, so both sides together use no more cores than one.
     ``root`` selects another reference than upstream sam2 (see :class:`UpstreamJob`).
     """
+    return run_both_with(driver, args, timeout=timeout, root=root)
+
+
+def run_both_with(
+    driver: Callable[[dict[str, Any]], dict[str, Any]], args: dict[str, Any], timeout: float = 900.0, **reference: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`run_both` against another reference: ``reference`` goes to :class:`UpstreamJob`
+    (``root``, ``prelude``, ``env``)."""
     assert_ours_imported()
     threads = torch.get_num_threads()
-    job = UpstreamJob(driver_script(driver), args, threads=max(1, threads // 2), timeout=timeout, root=root)
+    job = UpstreamJob(driver_script(driver), args, threads=max(1, threads // 2), timeout=timeout, **reference)
     torch.set_num_threads(max(1, threads - threads // 2))
     try:
         with torch.no_grad():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict, Mapping, Tuple, Type
+from typing import Any, Callable, Dict, Mapping, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +131,18 @@ class MLP(nn.Module):
             if i < last:
                 x = self.act(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+class LayerScale(nn.Module):
+    """Learnt per-channel scale ``gamma`` of a residual branch (ViT blocks with ``init_values``)."""
+
+    def __init__(self, dim: int, init_values: Union[float, Tensor] = 1e-5, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mul_(self.gamma) if self.inplace else x * self.gamma
 
 
 class LayerNorm2d(nn.Module):

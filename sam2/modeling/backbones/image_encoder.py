@@ -1,4 +1,4 @@
-"""SAM 2 image encoder: a hierarchical trunk followed by an FPN-style neck."""
+"""SAM 2 image encoders: a trunk followed by an FPN-style neck (Hiera) or a one-level neck (ViT)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sam2.modeling.sam2_utils import LayerNorm2d
 
 
 class ImageEncoder(nn.Module):
@@ -133,4 +135,48 @@ class FpnNeck(nn.Module):
             coarser = fused
             features[level] = fused
             pos[level] = self.position_encoding(fused).to(fused.dtype)
+        return features, pos
+
+
+class ViTDetNeck(nn.Module):
+    """Neck of a plain (single-scale) ViT trunk, as in EfficientTAM.
+
+    Each trunk map goes through ``conv_1x1`` (to ``d_model`` channels) then ``conv_3x3``, each
+    followed by a channel LayerNorm (``norm_0`` / ``norm_1``) when ``neck_norm`` is set, in which
+    case the convs have no bias. EfficientTAM configs use one map, so SAM 2 sees a single level.
+    ``kernel_size``, ``stride`` and ``padding`` are accepted for config compatibility only.
+    """
+
+    def __init__(
+        self,
+        position_encoding: nn.Module,
+        d_model: int,
+        backbone_channel_list: List[int],
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        neck_norm: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.backbone_channel_list = backbone_channel_list
+        self.position_encoding = position_encoding
+        self.d_model = d_model
+        with_norm = neck_norm is not None
+        self.convs = nn.ModuleList()
+        for dim in backbone_channel_list:
+            layers = nn.Sequential()
+            layers.add_module("conv_1x1", nn.Conv2d(dim, d_model, kernel_size=1, bias=not with_norm))
+            if with_norm:
+                layers.add_module("norm_0", LayerNorm2d(d_model))
+            layers.add_module("conv_3x3", nn.Conv2d(d_model, d_model, kernel_size=3, padding=1, bias=not with_norm))
+            if with_norm:
+                layers.add_module("norm_1", LayerNorm2d(d_model))
+            self.convs.append(layers)
+
+    def forward(self, xs: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Project trunk maps ``xs``; returns ``(features, pos)`` in the same order."""
+        if len(xs) != len(self.convs):
+            raise ValueError(f"expected {len(self.convs)} feature maps, got {len(xs)}")
+        features = [conv(x) for conv, x in zip(self.convs, xs)]
+        pos = [self.position_encoding(f).to(f.dtype) for f in features]
         return features, pos

@@ -1,7 +1,8 @@
-"""Building blocks shared by the image backbones: windowing and patch embedding."""
+"""Building blocks shared by the image backbones: windowing, patch embedding, absolute positions."""
 
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
@@ -85,3 +86,23 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed a ``[B, C, H, W]`` image into ``[B, H / stride, W / stride, embed_dim]``."""
         return self.proj(x).permute(0, 2, 3, 1)
+
+
+def get_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, int]) -> torch.Tensor:
+    """Absolute position embedding ``[1, N(+1), C]`` as a ``[1, H, W, C]`` map for an ``hw`` grid.
+
+    Drops the class-token slot when ``has_cls_token`` and resizes the square grid it was learnt
+    on with bicubic interpolation when it differs from ``hw`` (ViT trunks of EfficientTAM).
+    """
+    h, w = hw
+    if has_cls_token:
+        abs_pos = abs_pos[:, 1:]
+    n = abs_pos.shape[1]
+    size = math.isqrt(n)
+    if size * size != n:
+        raise ValueError(f"position embedding of {n} tokens is not a square grid")
+    grid = abs_pos.reshape(1, size, size, -1)
+    if size == h and size == w:
+        return grid
+    resized = F.interpolate(grid.permute(0, 3, 1, 2), size=(h, w), mode="bicubic", align_corners=False)
+    return resized.permute(0, 2, 3, 1)
