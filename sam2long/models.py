@@ -89,6 +89,9 @@ class ModelSpec:
             )
 
 
+EFFICIENTTAM_BASE_URL = "https://huggingface.co/yunyangx/efficient-track-anything/resolve/main"
+
+
 def _official(name: str, config: str, release: str, filename: str, sha256: str, size_bytes: int) -> ModelSpec:
     return ModelSpec(name, config, f"{OFFICIAL_BASE_URL}/{release}/{filename}", filename, sha256, size_bytes)
 
@@ -175,6 +178,18 @@ _REGISTRY: dict[str, ModelSpec] = {
             "configs/edgetam.yaml",
             "https://github.com/facebookresearch/EdgeTAM/raw/main/checkpoints/edgetam.pt",
             "edgetam.pt",
+        ),
+        # EfficientTAM's checkpoints (yformer/EfficientTAM, checkpoints/download_checkpoints.sh, Apache-2.0);
+        # no public project pins their digests, so each is recorded on first download.
+        *(
+            ModelSpec(
+                f"efficienttam-{size}{suffix.replace('_512x512', '-512')}",
+                f"configs/efficienttam/efficienttam_{size}{suffix}.yaml",
+                f"{EFFICIENTTAM_BASE_URL}/efficienttam_{size}{suffix}.pt",
+                f"efficienttam_{size}{suffix}.pt",
+            )
+            for size in ("ti", "s")
+            for suffix in ("", "_512x512")
         ),
     )
 }

@@ -211,11 +211,25 @@ def test_registry_lists_the_official_sam2_models() -> None:
 
 
 def test_registry_lists_the_on_device_models() -> None:
-    """EdgeTAM by name: its official URL and config; no public digest, so none is claimed."""
-    spec = resolve_model("edgetam")
-    assert spec.url == "https://github.com/facebookresearch/EdgeTAM/raw/main/checkpoints/edgetam.pt"
-    assert (Path(sam2.__file__).parent / spec.config).is_file() and spec.sha256 is None
-    assert models.cpu_cost_hint(spec.config, "cpu", "sam2long", bf16=False) is None, "the hint table is Hiera's"
+    """EdgeTAM and EfficientTAM by name: official URLs and configs; no public digest, so none is claimed."""
+    urls = {
+        "edgetam": "https://github.com/facebookresearch/EdgeTAM/raw/main/checkpoints/edgetam.pt",
+        **{
+            f"efficienttam-{name}": f"https://huggingface.co/yunyangx/efficient-track-anything/resolve/main/{file}"
+            for name, file in (
+                ("ti", "efficienttam_ti.pt"),
+                ("ti-512", "efficienttam_ti_512x512.pt"),
+                ("s", "efficienttam_s.pt"),
+                ("s-512", "efficienttam_s_512x512.pt"),
+            )
+        },
+    }
+    assert list(models.MODELS)[len(NAMES) :] == list(urls)
+    for name, url in urls.items():
+        spec = resolve_model(name)
+        assert spec.url == url and spec.filename == url.rsplit("/", 1)[1] and spec.sha256 is None
+        assert (Path(sam2.__file__).parent / spec.config).is_file()
+        assert models.cpu_cost_hint(spec.config, "cpu", "sam2long", bf16=False) is None, "the hint is Hiera's"
 
 
 def test_unknown_model_name_lists_the_known_ones() -> None:
