@@ -153,7 +153,7 @@ class _Loop:
             if cond_out is not None:
                 obj.waiting = False
                 outcome = obj.tracker.prompted(step)
-                self._settle(obj, Outcome(outcome.final))
+                self._settle(obj, outcome)
                 obj.outputs[step] = cond_out["pred_masks"]
                 state.frames_tracked[frame_idx] = self.timeline.reverse
                 if self.model.clear_non_cond_mem_around_input:

@@ -241,13 +241,18 @@ class MemoryAttention(nn.Module):
             extra = {"rows_equal": True} if rows_equal and i == 0 else {}
             if isinstance(layer.cross_attn_image, (RoPEAttention, RoPEAttentionv2)):
                 extra["num_k_exclude_rope"] = num_obj_ptr_tokens
-            if isinstance(layer.cross_attn_image, RoPEAttentionv2):
-                extra["rope_k_repeat"] = num_spatial_mem
             if scale is not None:
                 extra["memory_key_scale"] = scale
             if memory_key_mask is not None:
                 extra["memory_key_mask"] = memory_key_mask
-            output = layer(tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **extra)
+            output = layer(
+                tgt=output,
+                memory=memory,
+                pos=memory_pos,
+                query_pos=curr_pos,
+                rope_k_repeat=num_spatial_mem,  # read by a RoPEAttentionv2 cross-attention only
+                **extra,
+            )
 
         output = self.norm(output)
         if self.batch_first:

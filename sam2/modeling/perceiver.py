@@ -46,7 +46,6 @@ class PerceiverAttention(nn.Module):
         super().__init__()
         inner = dim_head * heads
         self.heads = heads
-        self.scale = dim_head**-0.5
         self.norm_x = nn.LayerNorm(dim)
         self.norm_latents = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, inner, bias=False)
@@ -79,7 +78,6 @@ class Attention(nn.Module):
         super().__init__()
         inner = dim_head * heads
         self.heads = heads
-        self.scale = dim_head**-0.5
         self.norm = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(dim, inner * 2, bias=False)
@@ -162,7 +160,6 @@ class PerceiverResampler(nn.Module):
         concat_kv_latents: bool = False,
         position_encoding: Optional[nn.Module] = None,
         use_self_attn: bool = False,
-        **kwargs,
     ) -> None:
         super().__init__()
         self.num_latents = num_latents

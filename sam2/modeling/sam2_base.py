@@ -788,8 +788,8 @@ class SAM2Base(nn.Module):
         order, so memory assembly and ``tokens_per_frame`` (= ``N``) need no special case.
         """
         latents, pos = self.spatial_perceiver(features, pos_enc[0])
-        as_map = lambda t: t.transpose(1, 2).unsqueeze(2)  # noqa: E731 - [B, N, C] -> [B, C, 1, N]
-        return as_map(latents), [as_map(pos)] + list(pos_enc[1:])
+        # [B, N, C] -> [B, C, 1, N]
+        return latents.transpose(1, 2).unsqueeze(2), [pos.transpose(1, 2).unsqueeze(2), *pos_enc[1:]]
 
     # ------------------------------------------------------------------ tracking step
 
