@@ -128,10 +128,10 @@ def build_sam2_video_predictor(
     With ``vos_optimized`` the image encoder is compiled only when the model goes to a CUDA
     device (upstream always compiles, which is slow or unsupported elsewhere). ``dtype``: see
     :func:`build_sam2`. ``tracker`` chooses what propagation remembers (:mod:`sam2.tracker`; default
-    SAM 2's own).
+    SAM 2's own); the model overrides it needs come before ``hydra_overrides_extra``.
     """
     device = device if device is not None else default_device()
-    extra = list(hydra_overrides_extra)
+    extra = [*(tracker.model_overrides() if tracker is not None else []), *hydra_overrides_extra]
     if vos_optimized:
         target = "sam2.sam2_video_predictor_vos.SAM2VideoPredictorVOS"
         if torch.device(device).type == "cuda":

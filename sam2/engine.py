@@ -58,6 +58,22 @@ class Candidates:
         """``[B]`` index of each row's highest-IoU candidate (SAM 2's choice)."""
         return torch.argmax(self.ious, dim=-1)
 
+    def boxes(self) -> Tensor:
+        """``[B, K, 4]`` tight box ``(x0, y0, x1, y1)`` (inclusive pixel indices, model-input
+        resolution) of each candidate's ``high_res_masks > 0``; all zeros for an empty mask, as
+        SAMURAI measures candidates. Computed on the masks' device in one pass."""
+        fg = self.high_res_masks > 0
+        cols, rows = fg.any(dim=-2), fg.any(dim=-1)  # [B, K, S] per x, per y
+
+        def span(line: Tensor) -> tuple[Tensor, Tensor]:
+            first = torch.argmax(line.to(torch.uint8), dim=-1)
+            last = line.size(-1) - 1 - torch.argmax(line.flip(-1).to(torch.uint8), dim=-1)
+            return first, last
+
+        (x0, x1), (y0, y1) = span(cols), span(rows)
+        boxes = torch.stack([x0, y0, x1, y1], dim=-1)
+        return torch.where(cols.any(dim=-1, keepdim=True), boxes, torch.zeros_like(boxes))
+
 
 @dataclass(frozen=True)
 class NewMemories:

@@ -185,10 +185,17 @@ class _Loop:
         candidates = model.decode_candidates(features, memory)
         # One small host copy per pass for every tracker's decisions, in float32 whatever the network
         # computed in: every row's candidate IoUs and its object-score logit.
-        host = torch.cat([candidates.ious.float(), candidates.object_score_logits.float()], dim=1).cpu()
+        num_cands = candidates.ious.size(1)
+        parts = [candidates.ious.float(), candidates.object_score_logits.float()]
+        if self.tracker.candidate_boxes:
+            parts.append(candidates.boxes().flatten(1).float())  # pixel indices: exact in float32
+        host = torch.cat(parts, dim=1).cpu()
+        boxes = host[:, num_cands + 1 :].reshape(-1, num_cands, 4) if self.tracker.candidate_boxes else None
         rows, cands, counts = [], [], []
         for obj, (first, n) in zip(objects, spans):
-            picks = obj.tracker.choose(step, host[first : first + n, :-1], host[first : first + n, -1])
+            span = slice(first, first + n)
+            extra = {} if boxes is None else {"boxes": boxes[span]}  # only trackers that asked get boxes
+            picks = obj.tracker.choose(step, host[span, :num_cands], host[span, num_cands], **extra)
             rows += [first + p.row for p in picks]
             cands += [p.candidate for p in picks]
             counts.append(len(picks))

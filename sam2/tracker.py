@@ -76,6 +76,9 @@ class TrackStep:
     committed_frames: tuple[int, ...]
     forced_frame: Optional[int]
     stored_nodes: int
+    #: method-specific details, JSON-ready (SAMURAI: ``"motion"``, per pathway, the predicted box, the
+    #: chosen candidate's motion IoU and the filter's stable frames)
+    extras: Optional[dict[str, Any]] = None
 
 
 StepObserver = Callable[[TrackStep], None]
@@ -134,9 +137,10 @@ class ObjectTracker(ABC):
         """The memory of each of the object's rows on a tracked frame (at least one row)."""
 
     @abstractmethod
-    def choose(self, step: int, ious: Tensor, obj_logits: Tensor) -> list[Pick]:
+    def choose(self, step: int, ious: Tensor, obj_logits: Tensor, boxes: Optional[Tensor] = None) -> list[Pick]:
         """Candidates to remember, given the rows' predicted IoUs ``[rows, K]`` and object-score logits
-        ``[rows]`` (float32, on the host)."""
+        ``[rows]`` (float32, on the host); with :attr:`Tracker.candidate_boxes`, also every candidate's
+        tight box ``[rows, K, 4]`` (:meth:`sam2.engine.Candidates.boxes`; otherwise ``None``)."""
 
     @abstractmethod
     def remember(self, step: int, memories: list[NewMemories]) -> Outcome:
@@ -157,6 +161,12 @@ class Tracker(ABC):
     batch_objects: bool = True
     #: sessions keep the final outputs of tracked frames (read as memory by later prompts and runs)
     store_outputs: bool = True
+    #: :meth:`ObjectTracker.choose` receives the candidates' boxes (SAMURAI's motion score needs them)
+    candidate_boxes: bool = False
+
+    def model_overrides(self) -> list[str]:
+        """Hydra overrides of the model config the method needs (the builders apply them)."""
+        return []
 
     def check_model(self, model: SAM2VideoPredictor) -> None:
         """Refuse model settings the method cannot honour (called when the predictor is built)."""
@@ -195,7 +205,7 @@ class _GreedyObject(ObjectTracker):
         frame_idx = run.timeline.frame(step)
         return [run.model.object_memory(run.session, self.obj_idx, frame_idx, run.timeline.reverse)]
 
-    def choose(self, step: int, ious: Tensor, obj_logits: Tensor) -> list[Pick]:
+    def choose(self, step: int, ious: Tensor, obj_logits: Tensor, boxes: Optional[Tensor] = None) -> list[Pick]:
         best = int(torch.argmax(ious[0]))
         self.choice = (best, float(ious[0, best]), float(obj_logits[0]))
         return [Pick(0, best)]

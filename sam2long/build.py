@@ -10,6 +10,7 @@ import torch
 
 from sam2.build_sam import build_video_predictor_class
 from sam2long.config import SAM2LongConfig
+from sam2long.tracker import SAM2LongTracker
 
 _TARGET = "sam2long.predictor.SAM2LongVideoPredictor"
 
@@ -60,12 +61,13 @@ def build_sam2long_video_predictor(
             "sam2.build_sam.build_sam2_video_predictor(..., vos_optimized=True) or the SAM 2 tracker"
         )
     settings = SAM2LongConfig.resolve(config, **overrides)
+    model_overrides = [*SAM2LongTracker(settings).model_overrides(), *hydra_overrides_extra]
     return build_video_predictor_class(
         config_file,
         ckpt_path,
         device,
         mode,
-        hydra_overrides_extra,
+        model_overrides,
         apply_postprocessing,
         _TARGET,
         model_kwargs={

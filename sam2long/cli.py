@@ -59,6 +59,7 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     from sam2long.config import add_config_arguments
     from sam2long.models import add_model_arguments
     from sam2long.pipeline import DIRECTIONS
+    from sam2long.tracker_spec import TRACKERS
 
     p = sub.add_parser(
         "segment",
@@ -87,9 +88,10 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     model = add_model_arguments(p)
     model.add_argument(
         "--tracker",
-        choices=("sam2", "sam2long"),
+        choices=TRACKERS,
         default="sam2long",
-        help="sam2long (the memory tree, the default) or sam2 (plain SAM 2)",
+        help="sam2long (the memory tree, the default), sam2 (plain SAM 2), samurai (motion-aware choice) or "
+        "sam2long-samurai (the tree with SAMURAI's motion term); README: Trackers",
     )
     model.add_argument(
         "--compare-sam2", dest="compare_sam2", action="store_true", help="also run SAM 2; side-by-side video"
@@ -358,8 +360,8 @@ def _tracker_spec(args: argparse.Namespace, config_file: str, checkpoint: str, l
     from sam2long.config import config_from_args
     from sam2long.tracker_spec import TrackerSpec
 
-    def sam2long_config():
-        config = config_from_args(args)
+    def sam2long_config(preset):
+        config = config_from_args(args, preset)
         if live and config.max_lag is None:
             config = dataclasses.replace(config, max_lag=args.live_max_lag)
         return config

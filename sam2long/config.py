@@ -26,6 +26,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from sam2long.memory_policy import MEMORY_RULES
+from sam2long.motion import MotionConfig
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
@@ -62,6 +65,12 @@ class SAM2LongConfig:
         eps: added to the IoU before the log in the cumulative score.
         max_lag: if set, force a commitment once the oldest undecided frame is more than ``max_lag`` frames
             behind the newest one (streaming approximation); ``None`` = exact (commit only on coalescence).
+        memory_rule, memory_motion_threshold: which reliable frames a pathway remembers
+            (:func:`sam2long.memory_policy.plan_memory`): SAM2Long's rule, or SAMURAI's (also gated by the
+            motion IoU, with SAM 2's recent pointers).
+        motion_weight, motion_warmup, motion_min_iou: SAMURAI's motion-aware choice
+            (:mod:`sam2long.motion`), one Kalman filter per pathway; ``motion_weight=None`` turns it off.
+        object_threshold: the model's ``min_obj_score_logits`` the tracker needs (the builders set it).
     """
 
     num_pathways: int = _setting(
@@ -91,6 +100,32 @@ class SAM2LongConfig:
     max_lag: int | None = _setting(
         None, "force a decision after this many undecided frames (bounded latency, approximate)", metavar="N"
     )
+    memory_rule: str = _setting(
+        "sam2long",
+        "which frames a pathway remembers (with memory selection): sam2long or samurai (motion score too)",
+        metavar="RULE",
+    )
+    memory_motion_threshold: float = _setting(
+        0.0, "samurai memory rule: a frame enters memory only if its motion IoU is above it", metavar="IOU"
+    )
+    motion_weight: float | None = _setting(
+        None,
+        "SAMURAI's motion term: candidates score weight * motion IoU + (1 - weight) * predicted IoU "
+        "(Kalman filter per pathway); off when not given",
+        metavar="W",
+    )
+    motion_warmup: int = _setting(
+        15, "motion term: reliable frames in a row before motion is scored (SAMURAI's stable frames)", metavar="N"
+    )
+    motion_min_iou: float = _setting(
+        0.3, "motion term: a choice below this predicted IoU restarts the Kalman filter", metavar="IOU"
+    )
+    object_threshold: float = _setting(
+        0.0,
+        "object-score logit above which the decoder's masks and pointers count the object present "
+        "(a model setting, min_obj_score_logits; SAMURAI uses -1)",
+        metavar="LOGIT",
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_pathways, int) or isinstance(self.num_pathways, bool):
@@ -111,6 +146,21 @@ class SAM2LongConfig:
                 raise TypeError(f"max_lag must be an int or None, got {self.max_lag!r}")
             if self.max_lag < 1:
                 raise ValueError(f"max_lag must be >= 1 (or None), got {self.max_lag}")
+        if self.memory_rule not in MEMORY_RULES:
+            raise ValueError(f"memory_rule must be one of {list(MEMORY_RULES)}, got {self.memory_rule!r}")
+        for name in ("memory_motion_threshold", "motion_min_iou", "object_threshold"):
+            if not _is_number(getattr(self, name)) or not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+        if self.motion_weight is not None and (not _is_number(self.motion_weight) or not 0 <= self.motion_weight <= 1):
+            raise ValueError(f"motion_weight must be a number in [0, 1] (or None), got {self.motion_weight!r}")
+        if not isinstance(self.motion_warmup, int) or isinstance(self.motion_warmup, bool) or self.motion_warmup < 0:
+            raise ValueError(f"motion_warmup must be an int >= 0, got {self.motion_warmup!r}")
+
+    def motion(self) -> MotionConfig | None:
+        """SAMURAI's motion settings, or None when the motion term is off."""
+        if self.motion_weight is None:
+            return None
+        return MotionConfig(float(self.motion_weight), self.motion_warmup, float(self.motion_min_iou))
 
     @staticmethod
     def _check_modulation(value: Any) -> tuple[float, float] | None:
@@ -296,8 +346,9 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
             parser.add_argument(*names, **kwargs)
 
 
-def config_from_args(namespace: argparse.Namespace) -> SAM2LongConfig:
-    """The config of ``--preset`` (or the defaults) with the explicitly given flags applied."""
+def config_from_args(namespace: argparse.Namespace, default_preset: str | None = None) -> SAM2LongConfig:
+    """The config of ``--preset`` (else ``default_preset``, else the defaults) with the explicitly
+    given flags applied."""
     hints = typing.get_type_hints(SAM2LongConfig)
     overrides: dict[str, Any] = {}
     for name in SAM2LongConfig.field_names():
@@ -310,4 +361,4 @@ def config_from_args(namespace: argparse.Namespace) -> SAM2LongConfig:
         elif isinstance(value, list):
             value = tuple(value)
         overrides[name] = value
-    return SAM2LongConfig.resolve(getattr(namespace, "preset", None), **overrides)
+    return SAM2LongConfig.resolve(getattr(namespace, "preset", None) or default_preset, **overrides)

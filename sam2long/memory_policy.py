@@ -30,13 +30,15 @@ COND_FRAME_SCORE = 10.0
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """What a pathway chose at one step: tree node id, predicted IoU of the chosen candidate and the
-    object-score (occlusion) logit of the decoder run that produced it."""
+    """What a pathway chose at one step: tree node id, predicted IoU of the chosen candidate, the
+    object-score (occlusion) logit of the decoder run that produced it and, with SAMURAI's motion model
+    past its warm-up, the chosen candidate's motion IoU."""
 
     step: int
     node: int
     iou: float
     obj_logit: float
+    motion: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,18 @@ class MemoryPlan:
     pointers: tuple[MemoryRef, ...]
 
 
-def is_reliable(record: FrameRecord, iou_threshold: float) -> bool:
-    """Official eligibility test of a past frame: IoU strictly above the threshold and object present."""
-    return record.iou > iou_threshold and record.obj_logit > 0
+MEMORY_RULES = ("sam2long", "samurai")
+"""How a pathway selects its memory frames (with selection on): SAM2Long's (reliable frames, pointers
+from them) or SAMURAI's (reliable frames, motion score too, from the second tracked frame on; pointers
+of the most recent frames, as SAM 2)."""
+
+
+def is_reliable(record: FrameRecord, iou_threshold: float, motion_threshold: float | None = None) -> bool:
+    """Official eligibility test of a past frame: IoU strictly above the threshold and object present;
+    with ``motion_threshold`` (SAMURAI) also a motion IoU above it, where one was measured."""
+    if not (record.iou > iou_threshold and record.obj_logit > 0):
+        return False
+    return motion_threshold is None or record.motion is None or record.motion > motion_threshold
 
 
 def pointer_budget(max_obj_ptrs_in_encoder: int, num_frames: int) -> int:
@@ -93,6 +104,9 @@ def plan_memory(
     num_frames: int,
     iou_threshold: float,
     selection: bool = True,
+    rule: str = "sam2long",
+    motion_threshold: float = 0.0,
+    first_step: int = 0,
 ) -> MemoryPlan:
     """Choose the non-conditioning memory of one pathway for step ``step``.
 
@@ -109,6 +123,11 @@ def plan_memory(
         selection: True → official SAM2Long selection; False → SAM 2's recent-memory rule
             (:func:`sam2.modeling.memory.recent_memory_slots`, the same code SAM 2 runs over its session's
             frames) over the pathway's steps, which reproduces upstream SAM 2 for a single pathway.
+        rule: with selection, ``"sam2long"`` or ``"samurai"`` (:data:`MEMORY_RULES`).
+        motion_threshold: SAMURAI's motion-score threshold for memory frames.
+        first_step: SAMURAI only: the step of the conditioning frame; as the official code (which
+            starts at frame 0 and looks back to frame 2), the first tracked frame after it is remembered
+            only as the latest frame.
 
     With ``selection=True`` the walk goes back from the latest frame, keeping reliable frames until
     ``M - 1`` are kept (``M`` from :func:`pointer_budget`), then always adds the latest frame. Spatial
@@ -122,9 +141,13 @@ def plan_memory(
     budget = pointer_budget(max_obj_ptrs_in_encoder, num_frames)
     if not history:
         return MemoryPlan(kept=(), spatial=(), pointers=())
-    if selection:
-        return _plan_selected(history, num_maskmem, budget, iou_threshold)
-    return _plan_recent(history, step, num_maskmem, budget)
+    if rule not in MEMORY_RULES:
+        raise ValueError(f"unknown memory rule {rule!r}; choose one of {list(MEMORY_RULES)}")
+    if not selection:
+        return _plan_recent(history, step, num_maskmem, budget)
+    if rule == "samurai":
+        return _plan_samurai(history, step, num_maskmem, budget, iou_threshold, motion_threshold, first_step)
+    return _plan_selected(history, num_maskmem, budget, iou_threshold)
 
 
 def _ref(record: FrameRecord, position: int) -> MemoryRef:
@@ -153,6 +176,35 @@ def _plan_selected(
     return MemoryPlan(kept=tuple(kept), spatial=tuple(spatial), pointers=tuple(pointers))
 
 
+def _plan_samurai(
+    history: Sequence[FrameRecord],
+    step: int,
+    num_maskmem: int,
+    budget: int,
+    iou_threshold: float,
+    motion_threshold: float,
+    first_step: int,
+) -> MemoryPlan:
+    """SAMURAI: walk back from the latest frame keeping reliable ones (IoU, object, motion) until
+    ``M - 1`` are kept, add the latest; spatial memory = the last ``num_maskmem - 1`` kept by rank;
+    pointers = SAM 2's most recent frames."""
+    kept: list[FrameRecord] = []
+    for record in reversed(history):
+        if record.step < first_step + 2:
+            break
+        if is_reliable(record, iou_threshold, motion_threshold):
+            kept.append(record)
+        if len(kept) >= budget - 1:
+            break
+    kept.reverse()
+    latest = history[-1]
+    if not kept or kept[-1].step != latest.step:
+        kept.append(latest)
+    spatial = [_ref(kept[-rank], num_maskmem - rank) for rank in range(min(num_maskmem - 1, len(kept)), 0, -1)]
+    pointers = _plan_recent(history, step, num_maskmem, budget).pointers
+    return MemoryPlan(kept=tuple(kept), spatial=tuple(spatial), pointers=pointers)
+
+
 def _plan_recent(history: Sequence[FrameRecord], step: int, num_maskmem: int, budget: int) -> MemoryPlan:
     by_step = {record.step: record for record in history}
     spatial_slots, pointer_slots = recent_memory_slots(step, num_maskmem, budget, num_frames=step)
@@ -170,18 +222,23 @@ def history_retention(
     num_frames: int,
     iou_threshold: float,
     selection: bool = True,
-) -> tuple[int, Callable[[FrameRecord], bool] | None]:
+    rule: str = "sam2long",
+    motion_threshold: float = 0.0,
+) -> tuple[int, Callable[[FrameRecord], bool] | None, int]:
     """How much committed history a pathway tree must keep so that :func:`plan_memory` is unaffected.
 
-    Returns ``(size, predicate)`` for :class:`sam2long.tree.PathwayTree`: besides the latest committed
-    record, keep the ``size`` most recent committed records satisfying ``predicate`` (``None`` = all).
-    With selection, non-reliable frames are never chosen unless they are a pathway's latest frame, so only
-    reliable ones need keeping; without it, only the most recent frames matter.
+    Returns ``(size, predicate, recent)`` for :class:`sam2long.tree.PathwayTree`: besides the latest
+    committed record, keep the ``size`` most recent committed records satisfying ``predicate`` (``None`` =
+    all) and the ``recent`` most recent ones. With selection, non-reliable frames are never chosen unless
+    they are a pathway's latest frame, so only reliable ones need keeping (SAMURAI's pointers also read
+    the most recent frames); without it, only the most recent frames matter.
     """
     size = max(num_maskmem - 1, pointer_budget(max_obj_ptrs_in_encoder, num_frames))
     if not selection:
-        return size, None
-    return size, lambda record: is_reliable(record, iou_threshold)
+        return size, None, 0
+    if rule == "samurai":
+        return size, lambda record: is_reliable(record, iou_threshold, motion_threshold), size
+    return size, lambda record: is_reliable(record, iou_threshold), 0
 
 
 def rank_weights(scores: torch.Tensor, low: float, high: float) -> torch.Tensor:

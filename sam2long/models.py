@@ -40,7 +40,6 @@ OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2"
 ENV_CACHE = "SAM2LONG_CACHE"
 ENV_OFFLINE = "SAM2LONG_OFFLINE"
 ENV_BASE_URL = "SAM2LONG_BASE_URL"
-TRACKERS = ("sam2long", "sam2")
 
 _CHUNK = 1 << 20
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -562,18 +561,18 @@ def build_model_by_name(
     dtype: str = "auto",
     **kwargs: Any,
 ):
-    """A video predictor for a model name: SAM2Long (``tracker="sam2long"``) or plain SAM 2 (``"sam2"``).
+    """A video predictor for a model name and tracker (:data:`sam2long.tracker_spec.TRACKERS`: SAM2Long,
+    plain SAM 2, SAMURAI, ...).
 
     The checkpoint is ``checkpoint`` when given, else :func:`fetch_checkpoint` (cache, download,
     ``offline``). ``dtype`` is the precision policy (:mod:`sam2.precision`; ``"auto"`` here, as on the
     command line, where the upstream-named builders default to ``"float32"``). ``kwargs`` go to :func:`sam2long.build_sam2long_video_predictor` (tree settings,
     ``config=...``, hydra overrides) or :func:`sam2.build_sam.build_sam2_video_predictor`.
     """
-    from sam2long.tracker_spec import build_video_predictor
+    from sam2long.tracker_spec import build_video_predictor, check_tracker
 
     spec = _as_spec(name)
-    if tracker not in TRACKERS:
-        raise ValueError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
+    check_tracker(tracker)
     ckpt = Path(checkpoint) if checkpoint is not None else fetch_checkpoint(spec, offline=offline)
     return build_video_predictor(tracker, spec.config, ckpt, device, dtype=dtype, **kwargs)
 

@@ -40,6 +40,7 @@ from sam2.tracker import (
 )
 from sam2long.config import SAM2LongConfig
 from sam2long.memory_policy import memory_scores, modulation_weights, plan_memory
+from sam2long.motion import MotionScores, MotionState, motion_scores
 from sam2long.tree import Created, PathwayTree, StepReport, build_tree, is_certain
 
 
@@ -76,8 +77,25 @@ class SAM2LongTracker(Tracker):
         self.store_outputs = store_outputs
         self.batch_objects = batch_objects
 
+    @property
+    def candidate_boxes(self) -> bool:
+        """The motion term scores candidates by their boxes."""
+        return self.config.motion_weight is not None
+
+    def model_overrides(self) -> list[str]:
+        """SAMURAI's object threshold is the model's ``min_obj_score_logits``."""
+        if self.config.object_threshold == 0.0:
+            return []
+        return [f"++model.min_obj_score_logits={self.config.object_threshold}"]
+
     def check_model(self, model: SAM2VideoPredictor) -> None:
         """Refuse the options the tree cannot honour, naming the option."""
+        if model.min_obj_score_logits != self.config.object_threshold:
+            raise ValueError(
+                f"object_threshold={self.config.object_threshold} needs the model's min_obj_score_logits "
+                f"to match (it is {model.min_obj_score_logits}); build with the hydra override "
+                f"++model.min_obj_score_logits={self.config.object_threshold} (the builders add it)"
+            )
         if model.memory_temporal_stride_for_eval != 1:
             raise ValueError(
                 f"SAM2Long does not support memory_temporal_stride_for_eval={model.memory_temporal_stride_for_eval}: "
@@ -125,6 +143,13 @@ class TreeObject(ObjectTracker):
         self.row_pathways: list[Optional[int]] = []
         self.report = StepReport()
         self.certain: Optional[bool] = None
+        # SAMURAI's motion term: the Kalman state of each pathway node, and this frame's row scores
+        self.motion = config.motion()
+        self.motion_states: dict[int, MotionState] = {}
+        self.motion_notes: dict[int, dict] = {}  # per pathway node, for the observer
+        self.row_states: list[MotionState] = []
+        self.row_motion: list[MotionScores] = []
+        self.boxes: Optional[Tensor] = None
 
     def current_mode(self) -> RowMode:
         if not self.tree.started or self.after_cond:
@@ -159,30 +184,89 @@ class TreeObject(ObjectTracker):
             self.row_pathways = [0 if self.tree.started else None]
         return [self._row_memory(pathway, step) for pathway in self.row_pathways]
 
-    def choose(self, step: int, ious: Tensor, obj_logits: Tensor) -> list[Pick]:
-        """Move the tree to this frame given its rows' candidates; unbranched frames take SAM 2's
-        best-IoU candidate."""
+    def choose(self, step: int, ious: Tensor, obj_logits: Tensor, boxes: Optional[Tensor] = None) -> list[Pick]:
+        """Move the tree to this frame given its rows' candidates; unbranched frames take the best
+        candidate of row 0 (SAM 2's best IoU, or SAMURAI's motion-weighted score)."""
         tree = self.tree
         self.certain = None
+        self.boxes = boxes
+        scores, motion = self._row_scores(ious, boxes)
         if self.mode is not RowMode.BRANCH:
-            best = int(torch.argmax(ious[0]))
+            best = int(torch.argmax(scores[0]))
             iou, obj = float(ious[0, best]), float(obj_logits[0])
+            moved = None if motion is None or motion[0, best].isnan() else float(motion[0, best])
             if not tree.started:
-                self.report = tree.start(step, iou, obj, best)
+                self.report = tree.start(step, iou, obj, best, moved)
             elif self.mode is RowMode.ROOT:
-                self.report = tree.restart(step, iou, obj, best)
+                self.report = tree.restart(step, iou, obj, best, moved)
             else:
                 P = tree.num_pathways
                 self.report = tree.advance(
-                    step, [0] * P, [best] * P, [0.0] * P, ious[[0] * P], obj_logits[[0] * P]
+                    step, [0] * P, [best] * P, [0.0] * P, ious[[0] * P], obj_logits[[0] * P],
+                    None if motion is None else motion[[0] * P],
                 )
             self.after_cond = False
-            return [Pick(0, best) for _ in _surviving(self.report)]
+            surviving = _surviving(self.report)
+            self._advance_motion(surviving, [0] * len(surviving))
+            return [Pick(0, best) for _ in surviving]
         _, inverse = tree.unique_pathways()
         pathway_ious, pathway_obj = ious[inverse], obj_logits[inverse]
         self.certain = is_certain(pathway_obj, self.config.uncertainty)
-        self.report = tree.branch(step, pathway_ious, pathway_obj, self.config.uncertainty, self.config.eps)
-        return [Pick(int(inverse[c.parent_pathway]), c.candidate) for c in _surviving(self.report)]
+        self.report = tree.branch(
+            step,
+            pathway_ious,
+            pathway_obj,
+            self.config.uncertainty,
+            self.config.eps,
+            None if self.motion is None else scores[inverse],
+            None if motion is None else motion[inverse],
+        )
+        surviving = _surviving(self.report)
+        rows = [int(inverse[c.parent_pathway]) for c in surviving]
+        self._advance_motion(surviving, rows)
+        return [Pick(row, c.candidate) for row, c in zip(rows, surviving)]
+
+    def _row_scores(self, ious: Tensor, boxes: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        """What each row's candidates are ranked by (``[rows, K]``) and their motion IoUs (NaN where
+        none was measured; None without the motion term)."""
+        if self.motion is None:
+            return ious, None
+        if boxes is None:
+            raise ValueError("the motion term needs the candidates' boxes (Tracker.candidate_boxes)")
+        self.row_states = [self._row_state(row) for row in range(ious.size(0))]
+        self.row_motion = [
+            motion_scores(state, self.motion, ious[row], boxes[row]) for row, state in enumerate(self.row_states)
+        ]
+        scores = torch.stack([m.scores for m in self.row_motion])
+        nan = torch.full_like(ious[0], float("nan"))
+        motion = torch.stack([nan if m.motion_ious is None else m.motion_ious for m in self.row_motion])
+        return scores, motion
+
+    def _row_state(self, row: int) -> MotionState:
+        pathway = self.row_pathways[row]
+        if pathway is None or not self.tree.started:
+            return MotionState()
+        return self.motion_states.get(self.tree.pathway_nodes[pathway], MotionState())
+
+    def _advance_motion(self, created: list[Created], rows: list[int]) -> None:
+        """Each new node's Kalman state: its row's prediction corrected by the chosen candidate's box."""
+        if self.motion is None:
+            return
+        for c, row in zip(created, rows):
+            scored = self.row_motion[row]
+            box = self.boxes[row, c.candidate].tolist()
+            state = self.row_states[row].after(self.motion, scored.predicted, box, c.iou)
+            self.motion_states[c.node] = state
+            motion = None if scored.motion_ious is None else float(scored.motion_ious[c.candidate])
+            predicted = None if scored.predicted is None else [float(v) for v in scored.predicted.box]
+            self.motion_notes[c.node] = {
+                "predicted_box": predicted,
+                "motion_iou": motion,
+                "stable_frames": state.stable_frames,
+            }
+        heads = set(self.tree.pathway_nodes)
+        self.motion_states = {n: st for n, st in self.motion_states.items() if n in heads}
+        self.motion_notes = {n: note for n, note in self.motion_notes.items() if n in heads}
 
     def remember(self, step: int, memories: list[NewMemories]) -> Outcome:
         for created, memory in zip(_surviving(self.report), memories):
@@ -224,6 +308,9 @@ class TreeObject(ObjectTracker):
             num_frames=run.session.num_frames,
             iou_threshold=self.config.iou_threshold,
             selection=self.config.memory_selection,
+            rule=self.config.memory_rule,
+            motion_threshold=self.config.memory_motion_threshold,
+            first_step=self.last_cond_step or 0,
         )
         if not model.use_obj_ptrs_in_encoder:
             plan = replace(plan, pointers=())
@@ -292,4 +379,10 @@ class TreeObject(ObjectTracker):
             committed_frames=self._frames(c.step for c in report.committed),
             forced_frame=None if report.forced_step is None else self.run.timeline.frame(report.forced_step),
             stored_nodes=tree.num_stored_nodes,
+            extras=self._extras(),
         )
+
+    def _extras(self) -> Optional[dict]:
+        if self.motion is None or not self.tree.started:
+            return None
+        return {"motion": [self.motion_notes.get(n) for n in self.tree.pathway_nodes]}

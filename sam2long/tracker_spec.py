@@ -1,8 +1,10 @@
-"""Which video predictor an application runs: plain SAM 2 or SAM2Long with its settings.
+"""Which video predictor an application runs: plain SAM 2, or a tracker on the pathway tree with its
+settings (SAM2Long, SAMURAI, their combination).
 
-The one place that maps a tracker name to its builder (:func:`build_video_predictor`), and the
-model of an application run as one value (:class:`TrackerSpec`): SAM 2 config and checkpoint, the
-tracker on top, its settings. ``sam2long segment`` (file and live), ``sam2long demo``,
+The one place that maps a tracker name to its builder (:func:`build_video_predictor`) and its default
+settings (:data:`TREE_TRACKERS`: the preset each tree tracker starts from), and the model of an
+application run as one value (:class:`TrackerSpec`): SAM 2 config and checkpoint, the tracker on top,
+its settings. ``sam2long segment`` (file and live), ``sam2long demo``,
 ``sam2long-vos`` and :func:`sam2long.models.build_model_by_name` all build through here.
 
 One meaning of P = 1 everywhere: SAM2Long with ``num_pathways=1`` is SAM2Long with one pathway
@@ -22,8 +24,14 @@ import torch
 from sam2.precision import check_dtype
 from sam2long.config import SAM2LongConfig
 
-TrackerName = Literal["sam2", "sam2long"]
-TRACKERS: tuple[TrackerName, ...] = ("sam2", "sam2long")
+TrackerName = Literal["sam2", "sam2long", "samurai", "sam2long-samurai"]
+TREE_TRACKERS: dict[str, Optional[str]] = {
+    "sam2long": None,  # SAM2LongConfig() = the official preset
+    "samurai": "samurai",  # SAMURAI: one pathway, motion-aware choice, its memory rule
+    "sam2long-samurai": "sam2long-samurai",  # the tree with SAMURAI's motion term in the candidate score
+}
+"""Trackers built on the pathway tree, and the preset each one's settings default to."""
+TRACKERS: tuple[str, ...] = ("sam2", *TREE_TRACKERS)
 
 
 def check_tracker(tracker: str) -> None:
@@ -40,12 +48,13 @@ def build_video_predictor(
     **kwargs: Any,
 ) -> Any:
     """The video predictor of ``tracker``: ``kwargs`` go to
-    :func:`sam2long.build_sam2long_video_predictor` (``"sam2long"``) or
-    :func:`sam2.build_sam.build_sam2_video_predictor` (``"sam2"``)."""
+    :func:`sam2long.build_sam2long_video_predictor` (tree trackers; ``config`` defaults to the tracker's
+    preset) or :func:`sam2.build_sam.build_sam2_video_predictor` (``"sam2"``)."""
     check_tracker(tracker)
-    if tracker == "sam2long":
+    if tracker in TREE_TRACKERS:
         from sam2long.build import build_sam2long_video_predictor
 
+        kwargs.setdefault("config", TREE_TRACKERS[tracker])
         return build_sam2long_video_predictor(config_file, ckpt_path, device, **kwargs)
     from sam2.build_sam import build_sam2_video_predictor
 
@@ -56,8 +65,8 @@ def build_video_predictor(
 class TrackerSpec:
     """The model of a run: SAM 2 config and checkpoint, and the tracker on top of it.
 
-    ``sam2long_config`` (and optionally the name of the ``preset`` it came from) is set exactly when
-    ``tracker == "sam2long"``; ``vos_optimized`` (upstream's compiled predictor) is SAM 2 only.
+    ``sam2long_config`` (the tree settings, and optionally the name of the ``preset`` they came from) is
+    set exactly for the tree trackers; ``vos_optimized`` (upstream's compiled predictor) is SAM 2 only.
     """
 
     tracker: TrackerName
@@ -72,8 +81,8 @@ class TrackerSpec:
 
     def __post_init__(self) -> None:
         check_tracker(self.tracker)
-        if (self.tracker == "sam2long") != (self.sam2long_config is not None):
-            raise ValueError("a SAM2LongConfig is given exactly with the sam2long tracker")
+        if (self.tracker in TREE_TRACKERS) != (self.sam2long_config is not None):
+            raise ValueError(f"a SAM2LongConfig is given exactly with the tree trackers {list(TREE_TRACKERS)}")
         if self.preset is not None and self.sam2long_config is None:
             raise ValueError("the sam2 tracker takes no SAM2Long preset")
         if self.vos_optimized and self.tracker != "sam2":
@@ -86,14 +95,18 @@ class TrackerSpec:
         tracker: str,
         sam2_cfg: str,
         sam2_checkpoint: str,
-        sam2long_config: Callable[[], SAM2LongConfig],
+        sam2long_config: Callable[[Optional[str]], SAM2LongConfig],
         preset: Optional[str] = None,
         **options: Any,
     ) -> TrackerSpec:
-        """The spec of ``tracker`` by name; ``sam2long_config`` is called (and ``preset`` kept) only
-        for SAM2Long, so settings that plain SAM 2 does not take are never read for it."""
+        """The spec of ``tracker`` by name. For a tree tracker, ``sam2long_config`` is called with the
+        preset its settings start from (``preset``, else the tracker's own, :data:`TREE_TRACKERS`); plain
+        SAM 2 never reads tree settings."""
         check_tracker(tracker)
-        settings = {"sam2long_config": sam2long_config(), "preset": preset} if tracker == "sam2long" else {}
+        settings = {}
+        if tracker in TREE_TRACKERS:
+            preset = preset or TREE_TRACKERS[tracker]
+            settings = {"sam2long_config": sam2long_config(preset), "preset": preset}
         return cls(tracker, sam2_cfg, sam2_checkpoint, **settings, **options)
 
     def sam2_baseline(self) -> TrackerSpec:
@@ -110,7 +123,8 @@ class TrackerSpec:
         if self.sam2long_config is None:
             return "SAM 2"
         pathways = self.sam2long_config.num_pathways
-        return f"SAM2Long, {pathways} pathway{'s' if pathways != 1 else ''}"
+        name = {"sam2long": "SAM2Long", "samurai": "SAMURAI", "sam2long-samurai": "SAM2Long + SAMURAI motion"}
+        return f"{name[self.tracker]}, {pathways} pathway{'s' if pathways != 1 else ''}"
 
     def describe(self) -> dict[str, Any]:
         """The tracker and its SAM2Long settings, as recorded in fingerprints and summaries."""

@@ -42,6 +42,7 @@ def select_candidates(
     num_pathways: int,
     uncertainty: float,
     eps: float = 1e-5,
+    score: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Choose which of the ``P x K`` candidate branches become the next pathways (one object).
 
@@ -52,11 +53,14 @@ def select_candidates(
         num_pathways: number of branches to keep.
         uncertainty: certainty threshold on ``max |obj_logit|`` (strict).
         eps: added to the IoU inside the log.
+        score: ``[P, K]`` what a branch is scored by instead of its IoU (SAMURAI's motion-weighted
+            score); the diversity rule still reads the IoU.
 
     Returns ``(parent_idx, cand_idx, new_scores)`` on CPU (int64, int64, float64), in the order of the
     new pathways. Exactly as the official code:
 
-    - branch score ``scores_cum[p] + log(iou[p, k] + eps)`` in float64;
+    - branch score ``scores_cum[p] + log(iou[p, k] + eps)`` in float64 (``score`` in place of ``iou``
+      when given);
     - candidates sorted by score, descending, **stable** on the row-major ``(p, k)`` order (ties keep
       the lower ``p``, then the lower ``k`` first — Python's ``sorted(reverse=True)`` semantics);
     - certain frame: the first ``num_pathways`` of that order;
@@ -80,7 +84,10 @@ def select_candidates(
     if num_pathways < 1:
         raise ValueError(f"num_pathways must be >= 1, got {num_pathways}")
     iou_cpu = iou.detach().cpu()
-    branch = cum.to(torch.float64)[:, None] + torch.log(iou_cpu.to(torch.float64) + eps)
+    ranked = iou_cpu if score is None else score.detach().cpu()
+    if ranked.shape != iou.shape:
+        raise ValueError(f"score {tuple(ranked.shape)} must have the shape of iou {tuple(iou.shape)}")
+    branch = cum.to(torch.float64)[:, None] + torch.log(ranked.to(torch.float64) + eps)
     flat_scores = branch.reshape(-1)
     order = torch.sort(flat_scores, descending=True, stable=True).indices.tolist()
 
@@ -121,6 +128,7 @@ class _Node:
     iou: float
     obj_logit: float
     score: float
+    motion: float | None = None
     children: int = 0
     refs: int = 0
     committed: bool = False
@@ -178,6 +186,8 @@ class PathwayTree(Generic[T]):
             node plus the ``history_size`` most recent older committed nodes whose :class:`FrameRecord`
             satisfies ``history_filter`` (all if ``None``); ``history_size=None`` keeps everything. Use
             :func:`sam2long.memory_policy.history_retention` to get values that leave memory selection exact.
+        history_recent: the most recent older committed nodes also kept whatever the filter says (a
+            policy that reads recent object pointers next to filtered memory frames: SAMURAI's).
     """
 
     def __init__(
@@ -187,6 +197,7 @@ class PathwayTree(Generic[T]):
         max_lag: int | None = None,
         history_size: int | None = None,
         history_filter: Callable[[FrameRecord], bool] | None = None,
+        history_recent: int = 0,
     ) -> None:
         if num_pathways < 1:
             raise ValueError(f"num_pathways must be >= 1, got {num_pathways}")
@@ -198,6 +209,7 @@ class PathwayTree(Generic[T]):
         self.max_lag = max_lag
         self.history_size = history_size
         self.history_filter = history_filter
+        self.history_recent = history_recent
         self._nodes: dict[int, _Node] = {}
         self._payloads: dict[int, T] = {}
         self._released_payloads: dict[int, T] = {}
@@ -262,7 +274,7 @@ class PathwayTree(Generic[T]):
     def record(self, node: int) -> FrameRecord:
         """The :class:`FrameRecord` of a stored node."""
         data = self._nodes[node]
-        return FrameRecord(step=data.step, node=node, iou=data.iou, obj_logit=data.obj_logit)
+        return FrameRecord(step=data.step, node=node, iou=data.iou, obj_logit=data.obj_logit, motion=data.motion)
 
     def history(self, pathway: int) -> list[FrameRecord]:
         """Retained ancestry of a pathway, oldest first, ending with its latest node (input of
@@ -308,13 +320,15 @@ class PathwayTree(Generic[T]):
         raise KeyError(f"node {node} has no payload (never attached, or released before the last update)")
 
     # ------------------------------------------------------------------ updates
-    def start(self, step: int, iou: float, obj_logit: float, candidate: int = -1) -> StepReport:
+    def start(
+        self, step: int, iou: float, obj_logit: float, candidate: int = -1, motion: float | None = None
+    ) -> StepReport:
         """Create the root: the single unbranched output of the first step after the conditioning frame.
         All pathways start on it with score 0; it is committed immediately."""
         if self.started or self._closed:
             raise RuntimeError("the tree has already been started")
         self._begin_update()
-        root = self._new_node(step, None, candidate, iou, obj_logit, 0.0)
+        root = self._new_node(step, None, candidate, iou, obj_logit, 0.0, motion)
         self._nodes[root].refs = self.num_pathways
         self._pathways = [root] * self.num_pathways
         self._scores = [0.0] * self.num_pathways
@@ -326,15 +340,22 @@ class PathwayTree(Generic[T]):
         )
 
     def branch(
-        self, step: int, iou: torch.Tensor, obj_logit: torch.Tensor, uncertainty: float, eps: float = 1e-5
+        self,
+        step: int,
+        iou: torch.Tensor,
+        obj_logit: torch.Tensor,
+        uncertainty: float,
+        eps: float = 1e-5,
+        score: torch.Tensor | None = None,
+        motion: torch.Tensor | None = None,
     ) -> StepReport:
-        """Select the next pathways from ``iou[P, K]`` / ``obj_logit[P]`` (see :func:`select_candidates`)
-        and :meth:`advance` to them."""
+        """Select the next pathways from ``iou[P, K]`` / ``obj_logit[P]`` (and ``score[P, K]``, see
+        :func:`select_candidates`) and :meth:`advance` to them; ``motion[P, K]`` is recorded per node."""
         self._require_started()
-        parent, cand, score = select_candidates(
-            self.scores, iou, obj_logit, self.num_pathways, uncertainty, eps
+        parent, cand, new_scores = select_candidates(
+            self.scores, iou, obj_logit, self.num_pathways, uncertainty, eps, score
         )
-        return self.advance(step, parent, cand, score, iou, obj_logit)
+        return self.advance(step, parent, cand, new_scores, iou, obj_logit, motion)
 
     def advance(
         self,
@@ -344,6 +365,7 @@ class PathwayTree(Generic[T]):
         new_scores: torch.Tensor | Sequence[float],
         iou: torch.Tensor,
         obj_logit: torch.Tensor,
+        motion: torch.Tensor | None = None,
     ) -> StepReport:
         """Move every pathway to its chosen branch at ``step``.
 
@@ -351,6 +373,7 @@ class PathwayTree(Generic[T]):
             parent_idx, cand_idx, new_scores: output of :func:`select_candidates` (``P`` entries).
             iou: ``[P, K]`` IoU predictions of this step (the chosen one is recorded per node).
             obj_logit: ``[P]`` object-score logits of this step (recorded per node, from its parent's run).
+            motion: ``[P, K]`` motion IoUs of this step (NaN: none), recorded per node.
 
         Identical ``(parent node, candidate)`` choices share one node. Dead branches are released, the
         coalescence point is committed, and ``max_lag`` is enforced.
@@ -366,6 +389,7 @@ class PathwayTree(Generic[T]):
                 f"expected {self.num_pathways} selected branches, got {len(parents)}/{len(cands)}/{len(scores)}"
             )
         iou_rows = iou.detach().cpu().tolist()
+        motion_rows = None if motion is None else motion.detach().cpu().tolist()
         obj_rows = obj_logit.detach().reshape(-1).cpu().tolist()
         if len(iou_rows) != len(self._pathways) or len(obj_rows) != len(self._pathways):
             raise ValueError(f"iou and obj_logit must have one row per pathway ({len(self._pathways)})")
@@ -381,7 +405,8 @@ class PathwayTree(Generic[T]):
             key = (self._pathways[p], k)
             node = by_key.get(key)
             if node is None:
-                node = self._new_node(step, key[0], k, iou_rows[p][k], obj_rows[p], score)
+                moved = None if motion_rows is None or motion_rows[p][k] != motion_rows[p][k] else motion_rows[p][k]
+                node = self._new_node(step, key[0], k, iou_rows[p][k], obj_rows[p], score, moved)
                 by_key[key] = node
                 created.append(Created(node, p, k, key[0], iou_rows[p][k], obj_rows[p]))
             new_pathways.append(node)
@@ -408,7 +433,9 @@ class PathwayTree(Generic[T]):
         self._repoint([best] * self.num_pathways, [0.0] * self.num_pathways, released)
         return self._report((), committed, released)
 
-    def restart(self, step: int, iou: float, obj_logit: float, candidate: int = -1) -> StepReport:
+    def restart(
+        self, step: int, iou: float, obj_logit: float, candidate: int = -1, motion: float | None = None
+    ) -> StepReport:
         """New root after a conditioning frame on an already started tree (see :meth:`start`).
 
         Call :meth:`collapse` at the conditioning frame first. Older committed history is kept, so a
@@ -419,7 +446,7 @@ class PathwayTree(Generic[T]):
             raise ValueError(f"step {step} is not after the latest step {self._latest}")
         self._begin_update()
         released: list[int] = []
-        root = self._new_node(step, None, candidate, iou, obj_logit, 0.0)
+        root = self._new_node(step, None, candidate, iou, obj_logit, 0.0, motion)
         self._repoint([root] * self.num_pathways, [0.0] * self.num_pathways, released)
         self._latest = step
         committed = self._commit_to(root, released)
@@ -467,11 +494,19 @@ class PathwayTree(Generic[T]):
         )
 
     def _new_node(
-        self, step: int, parent: int | None, candidate: int, iou: float, obj_logit: float, score: float
+        self,
+        step: int,
+        parent: int | None,
+        candidate: int,
+        iou: float,
+        obj_logit: float,
+        score: float,
+        motion: float | None = None,
     ) -> int:
         node = self._next_id
         self._next_id += 1
-        self._nodes[node] = _Node(step, parent, candidate, float(iou), float(obj_logit), float(score))
+        moved = None if motion is None else float(motion)
+        self._nodes[node] = _Node(step, parent, candidate, float(iou), float(obj_logit), float(score), moved)
         if parent is not None:
             self._nodes[parent].children += 1
         return node
@@ -540,10 +575,13 @@ class PathwayTree(Generic[T]):
             return
         *older, latest = self._trunk
         keep: list[int] = []
-        for node in reversed(older):
-            if len(keep) < self.history_size and (
+        selected = 0
+        for age, node in enumerate(reversed(older)):
+            chosen = selected < self.history_size and (
                 self.history_filter is None or self.history_filter(self.record(node))
-            ):
+            )
+            selected += chosen
+            if chosen or age < self.history_recent:
                 keep.append(node)
             else:
                 del self._nodes[node]
@@ -557,14 +595,18 @@ def build_tree(
 ) -> PathwayTree:
     """A :class:`PathwayTree` for one object with the config's pathways / ``max_lag`` and the smallest
     committed-history retention that keeps memory selection exact."""
-    size, keep = history_retention(
+    size, keep, recent = history_retention(
         num_maskmem=num_maskmem,
         max_obj_ptrs_in_encoder=max_obj_ptrs_in_encoder,
         num_frames=num_frames,
         iou_threshold=config.iou_threshold,
         selection=config.memory_selection,
+        rule=config.memory_rule,
+        motion_threshold=config.memory_motion_threshold,
     )
-    return PathwayTree(config.num_pathways, max_lag=config.max_lag, history_size=size, history_filter=keep)
+    return PathwayTree(
+        config.num_pathways, max_lag=config.max_lag, history_size=size, history_filter=keep, history_recent=recent
+    )
 
 
 def _as_list(values: torch.Tensor | Sequence) -> list:

@@ -32,6 +32,12 @@ FLAG_EXAMPLES = {
     "memory_selection": (["--no_memory_selection"], False),
     "eps": (["--eps", "0.001"], 0.001),
     "max_lag": (["--max_lag", "16"], 16),
+    "memory_rule": (["--memory_rule", "samurai"], "samurai"),
+    "memory_motion_threshold": (["--memory_motion_threshold", "0.2"], 0.2),
+    "motion_weight": (["--motion_weight", "0.25"], 0.25),
+    "motion_warmup": (["--motion_warmup", "4"], 4),
+    "motion_min_iou": (["--motion_min_iou", "0.5"], 0.5),
+    "object_threshold": (["--object_threshold", "-1"], -1.0),
 }
 
 

@@ -223,8 +223,8 @@ def test_compacted_tree_history_gives_the_same_memory_as_full_history(selection)
     """The tree may drop committed history; plans must not change (exactness of the retention rule)."""
     rng = random.Random(7 if selection else 8)
     kwargs = dict(num_maskmem=4, max_obj_ptrs_in_encoder=6, num_frames=200, iou_threshold=0.3)
-    size, keep = history_retention(selection=selection, **kwargs)
-    tree = PathwayTree(3, history_size=size, history_filter=keep)
+    size, keep, recent = history_retention(selection=selection, **kwargs)
+    tree = PathwayTree(3, history_size=size, history_filter=keep, history_recent=recent)
     report = tree.start(1, 0.9, 3.0)
     root = report.created[0][0]
     full = {root: [tree.record(root)]}

@@ -129,6 +129,9 @@ class SAM2Base(nn.Module):
         fixed_no_obj_ptr: bool = False,
         # blend `no_obj_ptr` in by the visibility probability instead of a hard switch
         soft_no_obj_ptr: bool = False,
+        # the decoder's masks and pointers treat the object as present above this object-score logit
+        # (SAM 2: 0; SAMURAI lowers it to -1, the name is its config key)
+        min_obj_score_logits: float = 0.0,
         use_mlp_for_obj_ptr_proj: bool = False,
         # add a learned embedding to spatial memories of frames where the object is absent
         no_obj_embed_spatial: bool = False,
@@ -200,6 +203,7 @@ class SAM2Base(nn.Module):
         self.pred_obj_scores_mlp = pred_obj_scores_mlp
         self.fixed_no_obj_ptr = fixed_no_obj_ptr
         self.soft_no_obj_ptr = soft_no_obj_ptr
+        self.min_obj_score_logits = float(min_obj_score_logits)
         if pred_obj_scores and use_obj_ptrs_in_encoder:
             self.no_obj_ptr = nn.Parameter(torch.zeros(1, self.hidden_dim))
             trunc_normal_(self.no_obj_ptr, std=0.02)
@@ -381,7 +385,7 @@ class SAM2Base(nn.Module):
         )
         if self.pred_obj_scores:
             # Spatial output is a hard choice: absent objects get an all-background mask.
-            is_obj_appearing = object_score_logits > 0
+            is_obj_appearing = object_score_logits > self.min_obj_score_logits
             low_res_multimasks = torch.where(
                 is_obj_appearing[:, None, None], low_res_multimasks, NO_OBJ_SCORE
             )
@@ -409,7 +413,7 @@ class SAM2Base(nn.Module):
         if self.soft_no_obj_ptr:
             visible = object_score_logits.sigmoid()
         else:
-            visible = (object_score_logits > 0).float()
+            visible = (object_score_logits > self.min_obj_score_logits).float()
         if self.fixed_no_obj_ptr:
             obj_ptr = visible * obj_ptr
         return obj_ptr + (1 - visible) * self.no_obj_ptr

@@ -102,7 +102,7 @@ class DemoEngine:
             tracker,
             self.model.config_file,
             self.model.checkpoint,
-            lambda: sam2long_config,
+            lambda preset: SAM2LongConfig.resolve(preset) if sam2long_config is None else sam2long_config,
             hydra_overrides=tuple(self.hydra_overrides),
             apply_postprocessing=True,
             dtype=self.model.dtype,

@@ -176,7 +176,7 @@ def resolve_tracker(args: argparse.Namespace, tree_flags: Sequence[str] = ()) ->
         args.tracker,
         args.sam2_cfg,
         args.sam2_checkpoint,
-        lambda: config_from_args(args),
+        lambda preset: config_from_args(args, preset),
         args.preset,
         hydra_overrides=tuple(args.hydra_overrides),
         apply_postprocessing=args.apply_postprocessing,
