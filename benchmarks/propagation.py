@@ -187,6 +187,7 @@ def run_case(args: argparse.Namespace) -> dict:
     """One mode, video length and dtype, in this process."""
     from sam2.build_sam import build_sam2_video_predictor
     from sam2long import build_sam2long_video_predictor
+    from sam2long.tracker_spec import TREE_TRACKERS, build_video_predictor
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -196,6 +197,8 @@ def run_case(args: argparse.Namespace) -> dict:
     )
     if args.mode == "sam2":
         predictor = build_sam2_video_predictor(args.config, **common)
+    elif args.mode in TREE_TRACKERS:  # a tracker by name with its preset (samurai, sam2long-samurai, ...)
+        predictor = build_video_predictor(args.mode, args.config, store_outputs=False, **common)
     else:
         pathways, _, variant = args.mode[1:].partition("-")
         predictor = build_sam2long_video_predictor(
@@ -341,7 +344,11 @@ def main() -> None:
         "--frames", default="16,64", help="comma-separated video lengths (with --video: frames tracked)"
     )
     parser.add_argument("--objects", type=int, default=2)
-    parser.add_argument("--modes", default="sam2,p1,p3")
+    parser.add_argument(
+        "--modes",
+        default="sam2,p1,p3",
+        help="comma-separated: sam2, pN (SAM2Long with N pathways), or a tree tracker's name (samurai, ...)",
+    )
     parser.add_argument(
         "--dtypes",
         default="float32,auto",

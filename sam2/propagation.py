@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from sam2.engine import PropagationCursor, Timeline
+from sam2.engine import Candidates, PropagationCursor, Timeline
 from sam2.tracker import ObjectTracker, Outcome, PropagationRun, StepObserver, Tracker, TrackStep
 from sam2.utils.heap import HEAP_RELEASE_EVERY, release_free_heap
 
@@ -116,6 +116,28 @@ def forget_passed_outputs(model: SAM2VideoPredictor, session: InferenceSession, 
             del obj.frames_tracked[f]
 
 
+def _host_copy(candidates: Candidates, wanted: frozenset[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    """One small host copy per pass for every tracker's decisions, in float32 whatever the network
+    computed in: every row's candidate IoUs and object-score logit ``[B, K + 1]``, and the candidate
+    details the tracker asked for (:attr:`Tracker.candidate_details`; masks stay on the device)."""
+    num_cands = candidates.ious.size(1)
+    parts = {"scores": torch.cat([candidates.ious.float(), candidates.object_score_logits.float()], dim=1)}
+    if "boxes" in wanted:
+        parts["boxes"] = candidates.boxes().flatten(1).float()  # pixel indices: exact in float32
+    if "visible" in wanted:
+        parts["visible"] = candidates.low_res_masks.gt(0).flatten(2).any(dim=-1).float()
+    host = torch.cat(list(parts.values()), dim=1).cpu()
+    copied = dict(zip(parts, host.split([part.size(1) for part in parts.values()], dim=1)))
+    details = {}
+    if "boxes" in wanted:
+        details["boxes"] = copied["boxes"].reshape(-1, num_cands, 4)
+    if "visible" in wanted:
+        details["visible"] = copied["visible"] > 0
+    if "masks" in wanted:
+        details["masks"] = candidates.low_res_masks
+    return copied["scores"], details
+
+
 class _Loop:
     """One propagation's per-frame work over all objects."""
 
@@ -183,19 +205,13 @@ class _Loop:
             items, session.num_frames, session.device, features.vision_feats[-1].dtype
         )
         candidates = model.decode_candidates(features, memory)
-        # One small host copy per pass for every tracker's decisions, in float32 whatever the network
-        # computed in: every row's candidate IoUs and its object-score logit.
+        host, host_details = _host_copy(candidates, self.tracker.candidate_details)
         num_cands = candidates.ious.size(1)
-        parts = [candidates.ious.float(), candidates.object_score_logits.float()]
-        if self.tracker.candidate_boxes:
-            parts.append(candidates.boxes().flatten(1).float())  # pixel indices: exact in float32
-        host = torch.cat(parts, dim=1).cpu()
-        boxes = host[:, num_cands + 1 :].reshape(-1, num_cands, 4) if self.tracker.candidate_boxes else None
         rows, cands, counts = [], [], []
         for obj, (first, n) in zip(objects, spans):
             span = slice(first, first + n)
-            extra = {} if boxes is None else {"boxes": boxes[span]}  # only trackers that asked get boxes
-            picks = obj.tracker.choose(step, host[span, :num_cands], host[span, num_cands], **extra)
+            details = {name: value[span] for name, value in host_details.items()}  # only what was asked for
+            picks = obj.tracker.choose(step, host[span, :num_cands], host[span, num_cands], **details)
             rows += [first + p.row for p in picks]
             cands += [p.candidate for p in picks]
             counts.append(len(picks))

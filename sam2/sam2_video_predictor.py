@@ -166,6 +166,8 @@ class SAM2VideoPredictor(SAM2Base):
         """
         session = inference_state
         check_frame_idx(frame_idx, session.num_frames, session.propagation)
+        if box is not None and points is None and self.tracker.box_prompts_as_masks:
+            return self.add_new_mask(session, frame_idx, obj_id, self.box_mask(session, frame_idx, box))
         coords, point_labels = point_prompt(
             points,
             labels,
@@ -181,6 +183,28 @@ class SAM2VideoPredictor(SAM2Base):
         obj.point_inputs[frame_idx] = point_inputs
         obj.mask_inputs.pop(frame_idx, None)
         return self._predict_prompted_frame(session, obj_id, frame_idx, point_inputs, None)
+
+    @torch.inference_mode()
+    @autocast_method
+    def box_mask(self, inference_state: InferenceSession, frame_idx: int, box: Any) -> Tensor:
+        """SAM's single-mask answer for a box ``(x0, y0, x1, y1)`` on one frame, without memory or the
+        object-score gate: a boolean ``(H, W)`` mask at the video resolution. Trackers with
+        ``box_prompts_as_masks`` (DAM4SAM) start from it instead of the box."""
+        session = inference_state
+        video_size = (session.video_height, session.video_width)
+        coords, labels = point_prompt(None, None, box, True, True, video_size, self.image_size)
+        features = self.frame_features(session, frame_idx, 1)
+        feats = features.vision_feats[-1]
+        if self.directly_add_no_mem_embed:
+            feats = feats + self.no_mem_embed
+        low_res = self._decode_masks(
+            self._to_feature_map(feats, features.feat_sizes[-1]),
+            {"point_coords": coords.to(session.device), "point_labels": labels.to(session.device)},
+            high_res_features=self._high_res_features(features.vision_feats, features.feat_sizes),
+            gate=False,
+        )[0]
+        masks = F.interpolate(low_res.float(), size=video_size, mode="bilinear", align_corners=False)
+        return masks[0, 0] > 0
 
     def add_new_points(self, *args: Any, **kwargs: Any) -> tuple[int, list[Any], Tensor]:
         """Deprecated alias of :meth:`add_new_points_or_box`."""
@@ -355,22 +379,31 @@ class SAM2VideoPredictor(SAM2Base):
 
     def _encode_prompted_output(self, session: InferenceSession, frame_idx: int, out: FrameOutput) -> None:
         """Run the memory encoder on a prompted frame's (final) mask and store the memory in ``out``."""
+        out["maskmem_features"] = self.encode_mask_memory(
+            session, frame_idx, out["pred_masks"], out["object_score_logits"]
+        )
+        out["maskmem_pos_enc"] = session.memory_pos_enc(out["maskmem_features"].size(0))
+
+    def encode_mask_memory(
+        self, inference_state: InferenceSession, frame_idx: int, pred_masks: Tensor, object_score_logits: Tensor
+    ) -> Tensor:
+        """The memory of low-res mask logits on a frame, encoded as a prompted frame's (the mask is
+        binarized with ``binarize_mask_from_pts_for_mem_enc``), in the session's storage form. Prompted
+        frames use it, and so do trackers that turn a tracked frame into a conditioning-like memory."""
+        session = inference_state
         high_res_masks = F.interpolate(
-            out["pred_masks"].to(session.device),
-            size=(self.image_size, self.image_size),
-            mode="bilinear",
-            align_corners=False,
+            pred_masks.to(session.device), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
         )
         features = self.frame_features(session, frame_idx, high_res_masks.size(0))
         maskmem_features, maskmem_pos_enc = self._encode_new_memory(
             current_vision_feats=features.vision_feats,
             feat_sizes=features.feat_sizes,
             pred_masks_high_res=high_res_masks,
-            object_score_logits=out["object_score_logits"],
-            is_mask_from_pts=True,  # the user interacted with this frame
+            object_score_logits=object_score_logits,
+            is_mask_from_pts=True,
         )
-        out["maskmem_features"] = self._store_memory(session, maskmem_features)
-        out["maskmem_pos_enc"] = session.share_memory_pos_enc(maskmem_pos_enc)
+        session.share_memory_pos_enc(maskmem_pos_enc)
+        return self._store_memory(session, maskmem_features)
 
     def processing_timeline(
         self,

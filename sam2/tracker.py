@@ -137,10 +137,12 @@ class ObjectTracker(ABC):
         """The memory of each of the object's rows on a tracked frame (at least one row)."""
 
     @abstractmethod
-    def choose(self, step: int, ious: Tensor, obj_logits: Tensor, boxes: Optional[Tensor] = None) -> list[Pick]:
+    def choose(self, step: int, ious: Tensor, obj_logits: Tensor, **details: Tensor) -> list[Pick]:
         """Candidates to remember, given the rows' predicted IoUs ``[rows, K]`` and object-score logits
-        ``[rows]`` (float32, on the host); with :attr:`Tracker.candidate_boxes`, also every candidate's
-        tight box ``[rows, K, 4]`` (:meth:`sam2.engine.Candidates.boxes`; otherwise ``None``)."""
+        ``[rows]`` (float32, on the host), and the :attr:`Tracker.candidate_details` the tracker asked
+        for: ``boxes`` ``[rows, K, 4]`` (host, :meth:`sam2.engine.Candidates.boxes`), ``visible``
+        ``[rows, K]`` (host bool: any low-res pixel > 0), ``masks`` ``[rows, K, 4h, 4w]`` (low-res logits,
+        on the device)."""
 
     @abstractmethod
     def remember(self, step: int, memories: list[NewMemories]) -> Outcome:
@@ -161,8 +163,12 @@ class Tracker(ABC):
     batch_objects: bool = True
     #: sessions keep the final outputs of tracked frames (read as memory by later prompts and runs)
     store_outputs: bool = True
-    #: :meth:`ObjectTracker.choose` receives the candidates' boxes (SAMURAI's motion score needs them)
-    candidate_boxes: bool = False
+    #: what :meth:`ObjectTracker.choose` receives besides IoUs and object logits: any of ``"boxes"``
+    #: (SAMURAI's motion score), ``"visible"``, ``"masks"`` (DAM4SAM's distractor rule)
+    candidate_details: frozenset[str] = frozenset()
+    #: a box prompt alone becomes the mask SAM answers it with (:meth:`SAM2VideoPredictor.box_mask`),
+    #: given as a mask prompt: DAM4SAM's initialisation
+    box_prompts_as_masks: bool = False
 
     def model_overrides(self) -> list[str]:
         """Hydra overrides of the model config the method needs (the builders apply them)."""
@@ -205,7 +211,7 @@ class _GreedyObject(ObjectTracker):
         frame_idx = run.timeline.frame(step)
         return [run.model.object_memory(run.session, self.obj_idx, frame_idx, run.timeline.reverse)]
 
-    def choose(self, step: int, ious: Tensor, obj_logits: Tensor, boxes: Optional[Tensor] = None) -> list[Pick]:
+    def choose(self, step: int, ious: Tensor, obj_logits: Tensor, **details: Tensor) -> list[Pick]:
         best = int(torch.argmax(ious[0]))
         self.choice = (best, float(ious[0, best]), float(obj_logits[0]))
         return [Pick(0, best)]

@@ -90,8 +90,9 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
         "--tracker",
         choices=TRACKERS,
         default="sam2long",
-        help="sam2long (the memory tree, the default), sam2 (plain SAM 2), samurai (motion-aware choice) or "
-        "sam2long-samurai (the tree with SAMURAI's motion term); README: Trackers",
+        help="sam2long (the memory tree, the default), sam2 (plain SAM 2), samurai (motion-aware choice), "
+        "dam4sam (distractor-aware memory), or the tree combined with either: sam2long-samurai, "
+        "sam2long-dam4sam (README: Trackers)",
     )
     model.add_argument(
         "--compare-sam2", dest="compare_sam2", action="store_true", help="also run SAM 2; side-by-side video"

@@ -102,7 +102,8 @@ class SAM2LongConfig:
     )
     memory_rule: str = _setting(
         "sam2long",
-        "which frames a pathway remembers (with memory selection): sam2long or samurai (motion score too)",
+        "which frames a pathway remembers (with memory selection): sam2long, samurai (motion score too) "
+        "or dam4sam (distractor-resolving + recent-appearance memory)",
         metavar="RULE",
     )
     memory_motion_threshold: float = _setting(
@@ -148,6 +149,8 @@ class SAM2LongConfig:
                 raise ValueError(f"max_lag must be >= 1 (or None), got {self.max_lag}")
         if self.memory_rule not in MEMORY_RULES:
             raise ValueError(f"memory_rule must be one of {list(MEMORY_RULES)}, got {self.memory_rule!r}")
+        if self.memory_rule == "dam4sam" and self.memory_modulation is not None:
+            raise ValueError("memory_rule dam4sam has its own memory layout: set memory_modulation to None")
         for name in ("memory_motion_threshold", "motion_min_iou", "object_threshold"):
             if not _is_number(getattr(self, name)) or not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")

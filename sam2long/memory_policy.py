@@ -39,6 +39,7 @@ class FrameRecord:
     iou: float
     obj_logit: float
     motion: float | None = None
+    visible: bool = True  # the chosen mask has a pixel (DAM4SAM remembers only such frames)
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,11 @@ class MemoryPlan:
     pointers: tuple[MemoryRef, ...]
 
 
-MEMORY_RULES = ("sam2long", "samurai")
+MEMORY_RULES = ("sam2long", "samurai", "dam4sam")
 """How a pathway selects its memory frames (with selection on): SAM2Long's (reliable frames, pointers
-from them) or SAMURAI's (reliable frames, motion score too, from the second tracked frame on; pointers
-of the most recent frames, as SAM 2)."""
+from them), SAMURAI's (reliable frames, motion score too, from the second tracked frame on; pointers
+of the most recent frames, as SAM 2) or DAM4SAM's (a distractor-resolving memory next to the recent
+visible frames: :mod:`sam2long.distractor`, planned by the tracker)."""
 
 
 def is_reliable(record: FrameRecord, iou_threshold: float, motion_threshold: float | None = None) -> bool:

@@ -39,6 +39,8 @@ from sam2.tracker import (
     TrackStep,
 )
 from sam2long.config import SAM2LongConfig
+from sam2long.distractor import DistractorConfig
+from sam2long.distractor_memory import DistractorMemory
 from sam2long.memory_policy import memory_scores, modulation_weights, plan_memory
 from sam2long.motion import MotionScores, MotionState, motion_scores
 from sam2long.tree import Created, PathwayTree, StepReport, build_tree, is_certain
@@ -78,9 +80,18 @@ class SAM2LongTracker(Tracker):
         self.batch_objects = batch_objects
 
     @property
-    def candidate_boxes(self) -> bool:
-        """The motion term scores candidates by their boxes."""
-        return self.config.motion_weight is not None
+    def candidate_details(self) -> frozenset[str]:
+        """The motion term scores candidates by their boxes; the distractor memory reads the candidates'
+        masks and where the object is visible."""
+        wanted = {"boxes"} if self.config.motion_weight is not None else set()
+        if self.config.memory_rule == "dam4sam":
+            wanted |= {"masks", "visible"}
+        return frozenset(wanted)
+
+    @property
+    def box_prompts_as_masks(self) -> bool:
+        """DAM4SAM starts from SAM's mask for a box."""
+        return self.config.memory_selection and self.config.memory_rule == "dam4sam"
 
     def model_overrides(self) -> list[str]:
         """SAMURAI's object threshold is the model's ``min_obj_score_logits``."""
@@ -112,10 +123,16 @@ class SAM2LongTracker(Tracker):
             )
 
     def track_object(self, run: PropagationRun, obj_idx: int) -> ObjectTracker:
+        model = run.model
+        if self.config.memory_selection and self.config.memory_rule == "dam4sam":
+            distractor = DistractorMemory(run, obj_idx, DistractorConfig())
+            rules = distractor.retention(model.num_maskmem, model.max_obj_ptrs_in_encoder)
+            tree = PathwayTree(self.config.num_pathways, max_lag=self.config.max_lag, history_rules=rules)
+            return TreeObject(run, obj_idx, self.config, tree, distractor)
         tree = build_tree(
             self.config,
-            num_maskmem=run.model.num_maskmem,
-            max_obj_ptrs_in_encoder=run.model.max_obj_ptrs_in_encoder,
+            num_maskmem=model.num_maskmem,
+            max_obj_ptrs_in_encoder=model.max_obj_ptrs_in_encoder,
             num_frames=run.session.num_frames,
         )
         return TreeObject(run, obj_idx, self.config, tree)
@@ -130,7 +147,14 @@ def _surviving(report: StepReport) -> list[Created]:
 class TreeObject(ObjectTracker):
     """One object's pathway tree during one propagation."""
 
-    def __init__(self, run: PropagationRun, obj_idx: int, config: SAM2LongConfig, tree: PathwayTree) -> None:
+    def __init__(
+        self,
+        run: PropagationRun,
+        obj_idx: int,
+        config: SAM2LongConfig,
+        tree: PathwayTree,
+        distractor: Optional[DistractorMemory] = None,
+    ) -> None:
         self.run = run
         self.obj_idx = obj_idx
         self.config = config
@@ -150,6 +174,11 @@ class TreeObject(ObjectTracker):
         self.row_states: list[MotionState] = []
         self.row_motion: list[MotionScores] = []
         self.boxes: Optional[Tensor] = None
+        # DAM4SAM's distractor-aware memory (the dam4sam memory rule): the rows' candidate masks and
+        # which row each new node came from
+        self.distractor = distractor
+        self.candidate_masks: Optional[Tensor] = None
+        self.created_rows: list[int] = []
 
     def current_mode(self) -> RowMode:
         if not self.tree.started or self.after_cond:
@@ -182,32 +211,45 @@ class TreeObject(ObjectTracker):
             self.row_pathways = [int((inverse == u).nonzero()[0]) for u in range(len(nodes))]
         else:
             self.row_pathways = [0 if self.tree.started else None]
+        if self.distractor is not None:
+            heads = [None if p is None else self.tree.pathway_nodes[p] for p in self.row_pathways]
+            self.distractor.begin_rows(heads)
+            return [self.distractor.item(self.tree, p, h, step) for p, h in zip(self.row_pathways, heads)]
         return [self._row_memory(pathway, step) for pathway in self.row_pathways]
 
-    def choose(self, step: int, ious: Tensor, obj_logits: Tensor, boxes: Optional[Tensor] = None) -> list[Pick]:
+    def choose(self, step: int, ious: Tensor, obj_logits: Tensor, **details: Tensor) -> list[Pick]:
         """Move the tree to this frame given its rows' candidates; unbranched frames take the best
         candidate of row 0 (SAM 2's best IoU, or SAMURAI's motion-weighted score)."""
         tree = self.tree
         self.certain = None
-        self.boxes = boxes
+        boxes, visible = details.get("boxes"), details.get("visible")
+        self.boxes, self.candidate_masks = boxes, details.get("masks")
         scores, motion = self._row_scores(ious, boxes)
         if self.mode is not RowMode.BRANCH:
             best = int(torch.argmax(scores[0]))
             iou, obj = float(ious[0, best]), float(obj_logits[0])
             moved = None if motion is None or motion[0, best].isnan() else float(motion[0, best])
+            shown = True if visible is None else bool(visible[0, best])
             if not tree.started:
-                self.report = tree.start(step, iou, obj, best, moved)
+                self.report = tree.start(step, iou, obj, best, moved, shown)
             elif self.mode is RowMode.ROOT:
-                self.report = tree.restart(step, iou, obj, best, moved)
+                self.report = tree.restart(step, iou, obj, best, moved, shown)
             else:
                 P = tree.num_pathways
                 self.report = tree.advance(
-                    step, [0] * P, [best] * P, [0.0] * P, ious[[0] * P], obj_logits[[0] * P],
+                    step,
+                    [0] * P,
+                    [best] * P,
+                    [0.0] * P,
+                    ious[[0] * P],
+                    obj_logits[[0] * P],
                     None if motion is None else motion[[0] * P],
+                    None if visible is None else visible[[0] * P],
                 )
             self.after_cond = False
             surviving = _surviving(self.report)
-            self._advance_motion(surviving, [0] * len(surviving))
+            self.created_rows = [0] * len(surviving)
+            self._advance_motion(surviving, self.created_rows)
             return [Pick(0, best) for _ in surviving]
         _, inverse = tree.unique_pathways()
         pathway_ious, pathway_obj = ious[inverse], obj_logits[inverse]
@@ -220,9 +262,11 @@ class TreeObject(ObjectTracker):
             self.config.eps,
             None if self.motion is None else scores[inverse],
             None if motion is None else motion[inverse],
+            None if visible is None else visible[inverse],
         )
         surviving = _surviving(self.report)
         rows = [int(inverse[c.parent_pathway]) for c in surviving]
+        self.created_rows = rows
         self._advance_motion(surviving, rows)
         return [Pick(row, c.candidate) for row, c in zip(rows, surviving)]
 
@@ -269,8 +313,11 @@ class TreeObject(ObjectTracker):
         self.motion_notes = {n: note for n, note in self.motion_notes.items() if n in heads}
 
     def remember(self, step: int, memories: list[NewMemories]) -> Outcome:
-        for created, memory in zip(_surviving(self.report), memories):
+        surviving = _surviving(self.report)
+        for created, memory in zip(surviving, memories):
             self.tree.attach(created.node, memory)
+        if self.distractor is not None:
+            self.distractor.remember(self.tree, step, surviving, self.created_rows, memories, self.candidate_masks)
         record = self._record(step, self.mode.value, self.certain, self.report)
         return Outcome(self._final(self.report), record)
 
@@ -383,6 +430,11 @@ class TreeObject(ObjectTracker):
         )
 
     def _extras(self) -> Optional[dict]:
-        if self.motion is None or not self.tree.started:
+        if not self.tree.started or (self.motion is None and self.distractor is None):
             return None
-        return {"motion": [self.motion_notes.get(n) for n in self.tree.pathway_nodes]}
+        extras = {}
+        if self.motion is not None:
+            extras["motion"] = [self.motion_notes.get(n) for n in self.tree.pathway_nodes]
+        if self.distractor is not None:
+            extras["distractor"] = self.distractor.extras(self.tree)
+        return extras

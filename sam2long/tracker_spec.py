@@ -24,11 +24,13 @@ import torch
 from sam2.precision import check_dtype
 from sam2long.config import SAM2LongConfig
 
-TrackerName = Literal["sam2", "sam2long", "samurai", "sam2long-samurai"]
+TrackerName = Literal["sam2", "sam2long", "samurai", "sam2long-samurai", "dam4sam", "sam2long-dam4sam"]
 TREE_TRACKERS: dict[str, Optional[str]] = {
     "sam2long": None,  # SAM2LongConfig() = the official preset
     "samurai": "samurai",  # SAMURAI: one pathway, motion-aware choice, its memory rule
     "sam2long-samurai": "sam2long-samurai",  # the tree with SAMURAI's motion term in the candidate score
+    "dam4sam": "dam4sam",  # DAM4SAM: one pathway with the distractor-resolving + recent-appearance memory
+    "sam2long-dam4sam": "sam2long-dam4sam",  # the tree whose pathways each keep DAM4SAM's memory
 }
 """Trackers built on the pathway tree, and the preset each one's settings default to."""
 TRACKERS: tuple[str, ...] = ("sam2", *TREE_TRACKERS)
@@ -123,7 +125,13 @@ class TrackerSpec:
         if self.sam2long_config is None:
             return "SAM 2"
         pathways = self.sam2long_config.num_pathways
-        name = {"sam2long": "SAM2Long", "samurai": "SAMURAI", "sam2long-samurai": "SAM2Long + SAMURAI motion"}
+        name = {
+            "sam2long": "SAM2Long",
+            "samurai": "SAMURAI",
+            "sam2long-samurai": "SAM2Long + SAMURAI motion",
+            "dam4sam": "DAM4SAM",
+            "sam2long-dam4sam": "SAM2Long + DAM4SAM memory",
+        }
         return f"{name[self.tracker]}, {pathways} pathway{'s' if pathways != 1 else ''}"
 
     def describe(self) -> dict[str, Any]:

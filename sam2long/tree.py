@@ -129,6 +129,7 @@ class _Node:
     obj_logit: float
     score: float
     motion: float | None = None
+    visible: bool = True
     children: int = 0
     refs: int = 0
     committed: bool = False
@@ -188,6 +189,9 @@ class PathwayTree(Generic[T]):
             :func:`sam2long.memory_policy.history_retention` to get values that leave memory selection exact.
         history_recent: the most recent older committed nodes also kept whatever the filter says (a
             policy that reads recent object pointers next to filtered memory frames: SAMURAI's).
+        history_rules: instead of the three above, ``(size, predicate)`` rules: an older committed node
+            is kept when it is among the ``size`` most recent ones satisfying some rule's predicate
+            (``None`` = any); the policy of DAM4SAM's memory needs several.
     """
 
     def __init__(
@@ -198,6 +202,7 @@ class PathwayTree(Generic[T]):
         history_size: int | None = None,
         history_filter: Callable[[FrameRecord], bool] | None = None,
         history_recent: int = 0,
+        history_rules: Sequence[tuple[int, Callable[[FrameRecord], bool] | None]] | None = None,
     ) -> None:
         if num_pathways < 1:
             raise ValueError(f"num_pathways must be >= 1, got {num_pathways}")
@@ -210,6 +215,9 @@ class PathwayTree(Generic[T]):
         self.history_size = history_size
         self.history_filter = history_filter
         self.history_recent = history_recent
+        if history_rules is None and history_size is not None:
+            history_rules = [(history_size, history_filter), (history_recent, None)]
+        self.history_rules = None if history_rules is None else list(history_rules)
         self._nodes: dict[int, _Node] = {}
         self._payloads: dict[int, T] = {}
         self._released_payloads: dict[int, T] = {}
@@ -274,7 +282,7 @@ class PathwayTree(Generic[T]):
     def record(self, node: int) -> FrameRecord:
         """The :class:`FrameRecord` of a stored node."""
         data = self._nodes[node]
-        return FrameRecord(step=data.step, node=node, iou=data.iou, obj_logit=data.obj_logit, motion=data.motion)
+        return FrameRecord(data.step, node, data.iou, data.obj_logit, data.motion, data.visible)
 
     def history(self, pathway: int) -> list[FrameRecord]:
         """Retained ancestry of a pathway, oldest first, ending with its latest node (input of
@@ -321,14 +329,20 @@ class PathwayTree(Generic[T]):
 
     # ------------------------------------------------------------------ updates
     def start(
-        self, step: int, iou: float, obj_logit: float, candidate: int = -1, motion: float | None = None
+        self,
+        step: int,
+        iou: float,
+        obj_logit: float,
+        candidate: int = -1,
+        motion: float | None = None,
+        visible: bool = True,
     ) -> StepReport:
         """Create the root: the single unbranched output of the first step after the conditioning frame.
         All pathways start on it with score 0; it is committed immediately."""
         if self.started or self._closed:
             raise RuntimeError("the tree has already been started")
         self._begin_update()
-        root = self._new_node(step, None, candidate, iou, obj_logit, 0.0, motion)
+        root = self._new_node(step, None, candidate, iou, obj_logit, 0.0, motion, visible)
         self._nodes[root].refs = self.num_pathways
         self._pathways = [root] * self.num_pathways
         self._scores = [0.0] * self.num_pathways
@@ -348,14 +362,16 @@ class PathwayTree(Generic[T]):
         eps: float = 1e-5,
         score: torch.Tensor | None = None,
         motion: torch.Tensor | None = None,
+        visible: torch.Tensor | None = None,
     ) -> StepReport:
         """Select the next pathways from ``iou[P, K]`` / ``obj_logit[P]`` (and ``score[P, K]``, see
-        :func:`select_candidates`) and :meth:`advance` to them; ``motion[P, K]`` is recorded per node."""
+        :func:`select_candidates`) and :meth:`advance` to them; ``motion`` / ``visible`` ``[P, K]`` are
+        recorded per node."""
         self._require_started()
         parent, cand, new_scores = select_candidates(
             self.scores, iou, obj_logit, self.num_pathways, uncertainty, eps, score
         )
-        return self.advance(step, parent, cand, new_scores, iou, obj_logit, motion)
+        return self.advance(step, parent, cand, new_scores, iou, obj_logit, motion, visible)
 
     def advance(
         self,
@@ -366,6 +382,7 @@ class PathwayTree(Generic[T]):
         iou: torch.Tensor,
         obj_logit: torch.Tensor,
         motion: torch.Tensor | None = None,
+        visible: torch.Tensor | None = None,
     ) -> StepReport:
         """Move every pathway to its chosen branch at ``step``.
 
@@ -374,6 +391,7 @@ class PathwayTree(Generic[T]):
             iou: ``[P, K]`` IoU predictions of this step (the chosen one is recorded per node).
             obj_logit: ``[P]`` object-score logits of this step (recorded per node, from its parent's run).
             motion: ``[P, K]`` motion IoUs of this step (NaN: none), recorded per node.
+            visible: ``[P, K]`` whether each candidate's mask is non-empty (default: all), per node.
 
         Identical ``(parent node, candidate)`` choices share one node. Dead branches are released, the
         coalescence point is committed, and ``max_lag`` is enforced.
@@ -390,6 +408,7 @@ class PathwayTree(Generic[T]):
             )
         iou_rows = iou.detach().cpu().tolist()
         motion_rows = None if motion is None else motion.detach().cpu().tolist()
+        visible_rows = None if visible is None else visible.detach().cpu().tolist()
         obj_rows = obj_logit.detach().reshape(-1).cpu().tolist()
         if len(iou_rows) != len(self._pathways) or len(obj_rows) != len(self._pathways):
             raise ValueError(f"iou and obj_logit must have one row per pathway ({len(self._pathways)})")
@@ -406,7 +425,8 @@ class PathwayTree(Generic[T]):
             node = by_key.get(key)
             if node is None:
                 moved = None if motion_rows is None or motion_rows[p][k] != motion_rows[p][k] else motion_rows[p][k]
-                node = self._new_node(step, key[0], k, iou_rows[p][k], obj_rows[p], score, moved)
+                shown = True if visible_rows is None else bool(visible_rows[p][k])
+                node = self._new_node(step, key[0], k, iou_rows[p][k], obj_rows[p], score, moved, shown)
                 by_key[key] = node
                 created.append(Created(node, p, k, key[0], iou_rows[p][k], obj_rows[p]))
             new_pathways.append(node)
@@ -434,7 +454,13 @@ class PathwayTree(Generic[T]):
         return self._report((), committed, released)
 
     def restart(
-        self, step: int, iou: float, obj_logit: float, candidate: int = -1, motion: float | None = None
+        self,
+        step: int,
+        iou: float,
+        obj_logit: float,
+        candidate: int = -1,
+        motion: float | None = None,
+        visible: bool = True,
     ) -> StepReport:
         """New root after a conditioning frame on an already started tree (see :meth:`start`).
 
@@ -446,7 +472,7 @@ class PathwayTree(Generic[T]):
             raise ValueError(f"step {step} is not after the latest step {self._latest}")
         self._begin_update()
         released: list[int] = []
-        root = self._new_node(step, None, candidate, iou, obj_logit, 0.0, motion)
+        root = self._new_node(step, None, candidate, iou, obj_logit, 0.0, motion, visible)
         self._repoint([root] * self.num_pathways, [0.0] * self.num_pathways, released)
         self._latest = step
         committed = self._commit_to(root, released)
@@ -502,11 +528,14 @@ class PathwayTree(Generic[T]):
         obj_logit: float,
         score: float,
         motion: float | None = None,
+        visible: bool = True,
     ) -> int:
         node = self._next_id
         self._next_id += 1
         moved = None if motion is None else float(motion)
-        self._nodes[node] = _Node(step, parent, candidate, float(iou), float(obj_logit), float(score), moved)
+        self._nodes[node] = _Node(
+            step, parent, candidate, float(iou), float(obj_logit), float(score), moved, bool(visible)
+        )
         if parent is not None:
             self._nodes[parent].children += 1
         return node
@@ -571,17 +600,19 @@ class PathwayTree(Generic[T]):
         return committed
 
     def _compact(self, released: list[int]) -> None:
-        if self.history_size is None:
+        if self.history_rules is None:
             return
         *older, latest = self._trunk
         keep: list[int] = []
-        selected = 0
-        for age, node in enumerate(reversed(older)):
-            chosen = selected < self.history_size and (
-                self.history_filter is None or self.history_filter(self.record(node))
-            )
-            selected += chosen
-            if chosen or age < self.history_recent:
+        taken = [0] * len(self.history_rules)
+        for node in reversed(older):
+            record = self.record(node)
+            kept = False
+            for i, (size, predicate) in enumerate(self.history_rules):
+                if taken[i] < size and (predicate is None or predicate(record)):
+                    taken[i] += 1
+                    kept = True
+            if kept:
                 keep.append(node)
             else:
                 del self._nodes[node]

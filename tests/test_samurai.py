@@ -138,7 +138,7 @@ SAMURAI = SAM2LongConfig.from_preset("samurai", motion_warmup=2)
 def test_samurai_preset_sets_the_model_threshold(ckpt: Path) -> None:
     predictor = _predictor(ckpt, "samurai")
     assert predictor.min_obj_score_logits == -1.0
-    assert predictor.tracker.candidate_boxes
+    assert predictor.tracker.candidate_details == {"boxes"}
     with pytest.raises(ValueError, match="min_obj_score_logits"):
         predictor.tracker.check_model(_predictor(ckpt, "official"))
 

@@ -103,6 +103,9 @@ class ItemMemory:
 
     spatial: list[SpatialMemory] = field(default_factory=list)
     pointers: list[PointerMemory] = field(default_factory=list)
+    # the distance pointer encodings are normalised by; None: SAM 2's
+    # ``min(num_frames, max_obj_ptrs_in_encoder) - 1`` (DAM4SAM counts only the frames seen so far)
+    pointer_span: Optional[int] = None
 
     @property
     def batch_size(self) -> int:

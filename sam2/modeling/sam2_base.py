@@ -333,12 +333,13 @@ class SAM2Base(nn.Module):
         mask_inputs: Optional[Tensor] = None,
         high_res_features: Optional[list[Tensor]] = None,
         multimask_output: bool = False,
+        gate: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Prompt encoder + mask decoder, keeping every candidate (SAM2Long branches on all of them).
 
         Returns ``(low_res_multimasks [B, M, 4h, 4w], high_res_multimasks [B, M, S, S],
-        ious [B, M], output_tokens [B, M or 1, C], object_score_logits [B, 1])``; masks of objects
-        predicted absent are set to ``NO_OBJ_SCORE``.
+        ious [B, M], output_tokens [B, M or 1, C], object_score_logits [B, 1])``; with ``gate``, masks of
+        objects predicted absent are set to ``NO_OBJ_SCORE``.
         """
         batch = backbone_features.size(0)
         device = backbone_features.device
@@ -383,7 +384,7 @@ class SAM2Base(nn.Module):
             repeat_image=False,  # features already have one entry per prompt set
             high_res_features=high_res_features,
         )
-        if self.pred_obj_scores:
+        if self.pred_obj_scores and gate:
             # Spatial output is a hard choice: absent objects get an all-background mask.
             is_obj_appearing = object_score_logits > self.min_obj_score_logits
             low_res_multimasks = torch.where(
@@ -589,7 +590,9 @@ class SAM2Base(nn.Module):
             channels = self.hidden_dim
             obj_ptrs = torch.stack([entry.pointer for entry in item.pointers], dim=0)  # [N, b, C]
             if self.add_tpos_enc_to_obj_ptrs:
-                max_dist = min(num_frames, self.max_obj_ptrs_in_encoder) - 1
+                max_dist = item.pointer_span
+                if max_dist is None:
+                    max_dist = min(num_frames, self.max_obj_ptrs_in_encoder) - 1
                 tpos_dim = channels if self.proj_tpos_enc_in_obj_ptrs else self.mem_dim
                 rel = torch.tensor([entry.distance for entry in item.pointers], device=device) / max_dist
                 ptr_pos = self.obj_ptr_tpos_proj(get_1d_sine_pe(rel, dim=tpos_dim))
