@@ -308,13 +308,13 @@ def _dtype_label(row: dict) -> str:
 def format_row(row: dict) -> str:
     stages = " ".join(f"{row[f'{stage}_ms']:>9.1f}" for stage in STAGE_COLUMNS)
     return (
-        f"{row['mode']:>5} {_dtype_label(row):>9} {row['frames']:>6} {row['s_per_frame']:>8.3f} "
+        f"{row['mode']:>16} {_dtype_label(row):>9} {row['frames']:>6} {row['s_per_frame']:>8.3f} "
         f"{row['fps']:>7.2f} | {stages} | {row['peak_mb']:>8.1f} {row['state_mb']:>8.2f}  {row['model']}"
     )
 
 
 TABLE_HEADER = (
-    f"{'mode':>5} {'dtype':>9} {'frames':>6} {'s/frame':>8} {'fps':>7} | "
+    f"{'mode':>16} {'dtype':>9} {'frames':>6} {'s/frame':>8} {'fps':>7} | "
     + " ".join(f"{name:>9}" for name in ("enc", "mem_attn", "decoder", "mem_enc", "tree+host"))
     + f" | {'peak_MB':>8} {'state_MB':>8}  model"
 )

@@ -283,12 +283,16 @@ def test_tree_settings_from_the_controls() -> None:
         tree_config(3, 1.5, 2.0, None)
     with pytest.raises(DemoError, match="memory_modulation"):
         tree_config(3, 0.1, 2.0, (1.2, 1.0))
+    samurai = tree_config(2, 0.5, 2.0, None, "samurai")
+    assert samurai.num_pathways == 2 and samurai.motion_weight == 0.25 and samurai.memory_rule == "samurai"
+    with pytest.raises(DemoError, match="dam4sam settings.*memory_modulation"):
+        tree_config(1, 0.1, 2.0, (0.95, 1.05), "dam4sam")
 
 
 # --------------------------------------------------------------------------- the pathway plot
 
 
-def _step(frame, kind, scores=(), certain=None, committed=(), obj=1) -> PathwayStep:
+def _step(frame, kind, scores=(), certain=None, committed=(), obj=1, extras=None) -> PathwayStep:
     n = len(scores)
     return PathwayStep(
         obj_id=obj,
@@ -304,6 +308,7 @@ def _step(frame, kind, scores=(), certain=None, committed=(), obj=1) -> PathwayS
         committed_frames=tuple(committed),
         forced_frame=None,
         stored_nodes=n,
+        extras=extras,
     )
 
 
@@ -334,6 +339,22 @@ def test_pathway_series_and_plot_from_records() -> None:
     assert "no pathway records" in empty.get_suptitle()
 
 
+def test_plot_shows_motion_scores_and_distractor_memory_additions() -> None:
+    motion = [{"motion_iou": None}, {"motion_iou": 0.8}, {"motion_iou": 0.6}]
+    records = [
+        _step(1, "root", (0.0,), extras={"motion": [None]}),
+        _step(2, "branch", (-0.1, -0.2), extras={"motion": motion[1:], "distractor": [{"added": True}, None]}),
+        _step(3, "branch", (-0.2, -0.3), extras={"motion": motion[:2]}),
+    ]
+    series = pathway_series(records, 1)
+    assert np.isnan(series.motion[0]).all() and series.motion[1].tolist() == [0.8, 0.6]
+    assert np.isnan(series.motion[2, 0]) and series.motion[2, 1] == 0.8
+    assert series.drm_frames == (2,)
+    figure = plot_pathways(records, 1)
+    assert len(figure.axes) == 4 and figure.axes[3].get_ylabel().startswith("motion IoU")
+    assert len(figure.axes[0].lines) == 2 + 1, "two pathways and the distractor-memory line"
+
+
 # --------------------------------------------------------------------------- Gradio callbacks
 
 
@@ -348,7 +369,7 @@ def test_callbacks_report_errors_and_keep_serving(engine: DemoEngine, bedroom_di
     assert isinstance(session, DemoSession) and image.shape == (270, 480, 3) and "8 frames" in status
     assert frames["value"] == 2 and results[:3] == [None, None, None]
     with pytest.raises(gr.Error, match="no clicks yet"):
-        guarded(cb.on_propagate)(session, 3, 0.1, 2.0, True, 0.95, 1.05, 2, False)
+        guarded(cb.on_propagate)(session, "sam2long", 3, 0.1, 2.0, True, 0.95, 1.05, 2, False)
     with pytest.raises(gr.Error, match="no video loaded"):
         guarded(cb.on_new_object)(None)
 
@@ -363,11 +384,17 @@ def test_callbacks_report_errors_and_keep_serving(engine: DemoEngine, bedroom_di
     event = SimpleNamespace(index=[int(GIRL[0]), int(GIRL[1])])
     session, image, _, status, _, _ = cb.on_select(session, "positive", event)
     assert "1 positive" in status
-    out = guarded(cb.on_propagate)(session, 2, 0.1, 2.0, False, 0.95, 1.05, 2, True)
+    out = guarded(cb.on_propagate)(session, "sam2long", 2, 0.1, 2.0, False, 0.95, 1.05, 2, True)
     overlay, compare, figure, plot_objects, files = out[6:]
     assert overlay.endswith("overlay.mp4") and compare.endswith("compare.mp4")
     assert len(figure.axes) == 3 and plot_objects["value"] == 1 and len(files) == 5
     assert cb.on_plot(session, 1).axes[0].get_title().endswith("object 1")
+
+    # SAMURAI's preset fills the controls; its run plots the motion IoU in a fourth panel
+    controls = cb.on_tracker("samurai")
+    assert controls == (1, 0.5, 2.0, False, 0.95, 1.05)
+    out = guarded(cb.on_propagate)(session, "samurai", *controls, 2, False)
+    assert len(out[8].axes) == 4 and out[8].axes[3].get_ylabel().startswith("motion IoU")
 
     # a new video in the tab replaces (and closes) the old session
     old_dir = session.work_dir

@@ -20,7 +20,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from sam2long.config import SAM2LongConfig  # noqa: E402
 from sam2long.demo.session import CLICK_MODES, DemoEngine, DemoError, DemoSession, tree_config  # noqa: E402
+from sam2long.tracker_spec import TREE_TRACKERS  # noqa: E402
 
 LOGGER = logging.getLogger("sam2long.demo")
 MODEL_QUEUE = "model"
@@ -150,9 +152,19 @@ class Callbacks:
         _need(session).reset()
         return self.view(session) + (None, None, None, gr.update(choices=[], value=None), None)
 
+    def on_tracker(self, tracker: str) -> tuple:
+        """The tracker's preset into the settings controls: P, δ_iou, δ_conf, modulation on, w_low, w_high."""
+        if tracker not in TREE_TRACKERS:
+            raise DemoError(f"unknown tracker {tracker!r}")
+        config = SAM2LongConfig.resolve(TREE_TRACKERS[tracker])
+        low, high = config.memory_modulation or (0.95, 1.05)
+        on = config.memory_modulation is not None
+        return (config.num_pathways, config.iou_threshold, config.uncertainty, on, low, high)
+
     def on_propagate(
         self,
         session: Optional[DemoSession],
+        tracker: str,
         num_pathways: Any,
         iou_threshold: Any,
         uncertainty: Any,
@@ -166,7 +178,7 @@ class Callbacks:
         """``view + (overlay video, comparison video, pathway plot, plot object, downloads)``."""
         session = _need(session)
         sam2long_config = tree_config(
-            num_pathways, iou_threshold, uncertainty, (w_low, w_high) if modulation_on else None
+            num_pathways, iou_threshold, uncertainty, (w_low, w_high) if modulation_on else None, tracker
         )
         report = None
         if progress is not None:
@@ -224,7 +236,13 @@ def build_app(engine: DemoEngine, default_video: Optional[Path] = None, max_fram
                     undo = gr.Button("Undo click", size="sm")
                     clear = gr.Button("Clear this frame", size="sm")
                     reset = gr.Button("Reset all", size="sm", variant="stop")
-                with gr.Accordion("SAM2Long settings", open=True):
+                with gr.Accordion("Tracker settings", open=True):
+                    tracker = gr.Dropdown(
+                        choices=list(TREE_TRACKERS),
+                        value="sam2long",
+                        label="tracker (its preset fills the settings below)",
+                        elem_id="tracker",
+                    )
                     num_pathways = gr.Slider(1, 6, value=3, step=1, label="P: pathways per object")
                     iou = gr.Slider(0.0, 1.0, value=0.1, step=0.05, label="δ_iou: memory IoU threshold")
                     conf = gr.Slider(0.0, 10.0, value=2.0, step=0.5, label="δ_conf: uncertainty threshold")
@@ -272,12 +290,13 @@ def build_app(engine: DemoEngine, default_video: Optional[Path] = None, max_fram
         reset.click(guarded(cb.on_reset), [session], view + results, **queued)
 
         @guarded
-        def on_propagate(s, p, i, c, m, lo, hi, n, cmp, progress=gr.Progress()):  # noqa: B008
-            return cb.on_propagate(s, p, i, c, m, lo, hi, n, cmp, progress)
+        def on_propagate(s, t, p, i, c, m, lo, hi, n, cmp, progress=gr.Progress()):  # noqa: B008
+            return cb.on_propagate(s, t, p, i, c, m, lo, hi, n, cmp, progress)
 
+        tracker.input(guarded(cb.on_tracker), [tracker], [num_pathways, iou, conf, modulation, w_low, w_high])
         propagate.click(
             on_propagate,
-            [session, num_pathways, iou, conf, modulation, w_low, w_high, frames, compare],
+            [session, tracker, num_pathways, iou, conf, modulation, w_low, w_high, frames, compare],
             view + results,
             **queued,
         )

@@ -2,7 +2,9 @@
 
 Built only from the :class:`~sam2long.predictor.PathwayStep` records that
 ``propagate_in_video(..., observer=...)`` hands out. Three panels share the frame axis: each
-pathway's cumulative score, the IoU and the object-score logit of the candidate each pathway holds.
+pathway's cumulative score, the IoU and the object-score logit of the candidate each pathway holds;
+with SAMURAI's motion term a fourth shows each pathway's motion IoU (its candidate's box against the
+Kalman prediction), and frames that joined DAM4SAM's distractor memory are marked in green.
 Uncertain frames (every |object-score logit| <= δ_conf, so only distinct candidates were kept) are
 shaded, prompted frames drawn as solid lines and the frames where all pathways coalesced (older
 frames were committed) as dashed lines. Matplotlib's object API only (no pyplot state), so figures
@@ -39,6 +41,9 @@ class PathwaySeries:
     coalesced_frames: tuple[int, ...]  # frames on which older frames were committed
     committed_frames: tuple[int, ...]  # every frame made final (coalescence or the end)
     prompt_frames: tuple[int, ...]
+    motion: np.ndarray  # (T, P) motion IoU of each pathway's candidate (NaN: none measured)
+    has_motion: bool  # the tracker scores motion (SAMURAI's term), measured yet or not
+    drm_frames: tuple[int, ...]  # frames some pathway added to its distractor memory
 
     @property
     def num_pathways(self) -> int:
@@ -59,6 +64,15 @@ def pathway_series(records: Iterable[Any], obj_id: Any) -> PathwaySeries:
         return out
 
     committed = sorted({f for r in mine for f in r.committed_frames})
+    motion = np.full((len(rows), width), np.nan)
+    drm_frames = set()
+    for t, r in enumerate(rows):
+        extras = r.extras or {}
+        for j, note in enumerate(extras.get("motion") or []):
+            if note is not None and note.get("motion_iou") is not None:
+                motion[t, j] = note["motion_iou"]
+        if any(note is not None and note.get("added") for note in extras.get("distractor") or []):
+            drm_frames.add(r.frame_idx)
     return PathwaySeries(
         obj_id=obj_id,
         frames=np.array([r.frame_idx for r in rows], dtype=int),
@@ -72,6 +86,9 @@ def pathway_series(records: Iterable[Any], obj_id: Any) -> PathwaySeries:
         ),
         committed_frames=tuple(committed),
         prompt_frames=tuple(sorted({r.frame_idx for r in mine if r.kind == "prompt"})),
+        motion=motion,
+        has_motion=any((r.extras or {}).get("motion") is not None for r in rows),
+        drm_frames=tuple(sorted(drm_frames)),
     )
 
 
@@ -79,8 +96,9 @@ def plot_pathways(records: Iterable[Any], obj_id: Any, uncertainty: Optional[flo
     """The three-panel pathway figure of one object (a note instead when it has no records);
     ``uncertainty`` (δ_conf) draws the ±δ_conf band on the logit panel."""
     series = pathway_series(list(records), obj_id)
-    figure = Figure(figsize=(8.0, 6.4), dpi=100, layout="constrained")
-    axes = figure.subplots(3, 1, sharex=True)
+    has_motion = series.has_motion
+    figure = Figure(figsize=(8.0, 8.0 if has_motion else 6.4), dpi=100, layout="constrained")
+    axes = figure.subplots(4 if has_motion else 3, 1, sharex=True)
     if len(series.frames) == 0:
         figure.suptitle(f"object {obj_id}: no pathway records yet (propagate with SAM2Long first)")
         for ax in axes:
@@ -92,6 +110,10 @@ def plot_pathways(records: Iterable[Any], obj_id: Any, uncertainty: Optional[flo
         (axes[1], series.ious, "candidate IoU"),
         (axes[2], series.obj_logits, "object-score logit"),
     )
+    if has_motion:
+        panels += ((axes[3], series.motion, "motion IoU\n(box vs Kalman)"),)
+        if not np.isfinite(series.motion).any():
+            axes[3].text(0.5, 0.5, "Kalman filter warming up", transform=axes[3].transAxes, ha="center")
     for ax, values, label in panels:
         for frame in series.uncertain_frames:
             ax.axvspan(frame - 0.5, frame + 0.5, color="0.85", lw=0, zorder=0)
@@ -99,6 +121,8 @@ def plot_pathways(records: Iterable[Any], obj_id: Any, uncertainty: Optional[flo
             ax.axvline(frame, color="0.3", lw=1.2, zorder=1)
         for frame in series.coalesced_frames:
             ax.axvline(frame, color="tab:red", lw=0.9, ls="--", zorder=1)
+        for frame in series.drm_frames:
+            ax.axvline(frame, color="tab:green", lw=1.2, ls=":", zorder=1)
         for j in range(series.num_pathways):
             ax.plot(
                 series.frames,
@@ -123,8 +147,8 @@ def plot_pathways(records: Iterable[Any], obj_id: Any, uncertainty: Optional[flo
     )
     if uncertainty is not None:
         axes[2].axhspan(-uncertainty, uncertainty, color="tab:orange", alpha=0.12, lw=0)
-    axes[2].set_xlabel("frame")
-    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("frame")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = axes[0].get_legend_handles_labels()
     handles += [
         Patch(color="0.85", label="uncertain frame"),
@@ -132,6 +156,9 @@ def plot_pathways(records: Iterable[Any], obj_id: Any, uncertainty: Optional[flo
         Line2D([], [], color="0.3", label="prompt"),
     ]
     labels += ["uncertain frame", "pathways coalesced", "prompt"]
+    if series.drm_frames:
+        handles.append(Line2D([], [], color="tab:green", ls=":", label="distractor memory"))
+        labels.append("distractor memory")
     figure.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 4), fontsize=8)
     axes[0].set_title(f"SAM2Long pathways of object {obj_id}", fontsize=10)
     return figure

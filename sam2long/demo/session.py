@@ -41,7 +41,7 @@ from sam2long.export import draw_overlay, object_colour
 from sam2long.mask_io import atomic_write_text
 from sam2long.outputs import result_masks, write_outputs
 from sam2long.pipeline import TrackResult, track
-from sam2long.tracker_spec import TrackerSpec
+from sam2long.tracker_spec import TREE_TRACKERS, TrackerSpec
 
 CLICK_MODES = ("positive", "negative", "box")
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm"})
@@ -148,18 +148,26 @@ class DemoEngine:
 
 
 def tree_config(
-    num_pathways: Any, iou_threshold: Any, uncertainty: Any, modulation: Optional[Sequence[float]]
+    num_pathways: Any,
+    iou_threshold: Any,
+    uncertainty: Any,
+    modulation: Optional[Sequence[float]],
+    tracker: str = "sam2long",
 ) -> SAM2LongConfig:
-    """The tree settings from the page's controls (``modulation`` None = off), or DemoError."""
+    """The settings of a tree ``tracker`` (its preset: SAM2Long, SAMURAI, DAM4SAM or a combination)
+    with the page's controls applied (``modulation`` None = off), or DemoError."""
     try:
-        return SAM2LongConfig(
+        if tracker not in TREE_TRACKERS:
+            raise ValueError(f"unknown tracker {tracker!r}; choose one of {list(TREE_TRACKERS)}")
+        return SAM2LongConfig.resolve(
+            TREE_TRACKERS[tracker],
             num_pathways=int(num_pathways),
             iou_threshold=float(iou_threshold),
             uncertainty=float(uncertainty),
             memory_modulation=None if modulation is None else tuple(float(v) for v in modulation),
         )
     except (TypeError, ValueError) as error:
-        raise DemoError(f"invalid SAM2Long settings: {error}") from error
+        raise DemoError(f"invalid {tracker} settings: {error}") from error
 
 
 @dataclass
