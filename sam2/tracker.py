@@ -76,8 +76,10 @@ class TrackStep:
     committed_frames: tuple[int, ...]
     forced_frame: Optional[int]
     stored_nodes: int
-    #: method-specific details, JSON-ready (SAMURAI: ``"motion"``, per pathway, the predicted box, the
-    #: chosen candidate's motion IoU and the filter's stable frames)
+    #: method-specific details, JSON-ready, per pathway: SAMURAI's ``"motion"`` (the predicted box, the
+    #: chosen candidate's motion IoU, the filter's stable frames and corrected mean), DAM4SAM's
+    #: ``"distractor"`` (whether the frame joined the DRM, the size ratio, the alternatives' box IoUs,
+    #: the DRM frames)
     extras: Optional[dict[str, Any]] = None
 
 

@@ -307,6 +307,7 @@ class TreeObject(ObjectTracker):
                 "predicted_box": predicted,
                 "motion_iou": motion,
                 "stable_frames": state.stable_frames,
+                "kalman_mean": None if state.kalman is None else [float(v) for v in state.kalman.mean],
             }
         heads = set(self.tree.pathway_nodes)
         self.motion_states = {n: st for n, st in self.motion_states.items() if n in heads}
