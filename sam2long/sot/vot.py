@@ -27,6 +27,7 @@ import queue
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -133,10 +134,11 @@ def encode_region(mask: np.ndarray, output: str) -> Any:
 
 
 def read_request_image(images: dict, size: Optional[tuple[int, int]]) -> np.ndarray:
-    """The colour image of a request as BGR (OpenCV's order, what a capture returns), checked against
-    the session's frame ``size``."""
-    import cv2
+    """The colour image of a request as BGR (what a capture returns), checked against the session's frame
+    ``size``. Decoded as image folders are (PIL), so answers equal an offline run on the same files."""
     from trax.image import Image
+
+    from sam2.utils.frame_sources import FrameSourceError, read_image_file
 
     image = images.get("color")
     if image is None:
@@ -144,15 +146,16 @@ def read_request_image(images: dict, size: Optional[tuple[int, int]]) -> np.ndar
     if image.type() != Image.PATH:
         raise VotInputError(f"images must be given as file paths, got {image.type()!r}")
     path = image.path()
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise VotInputError(f"cannot read image file {path}")
-    if size is not None and bgr.shape[:2] != size:
+    try:
+        rgb = read_image_file(Path(path))
+    except FrameSourceError as error:
+        raise VotInputError(str(error)) from error
+    if size is not None and rgb.shape[:2] != size:
         raise VotInputError(
-            f"image {path} is {bgr.shape[0]}x{bgr.shape[1]} (HxW) but the sequence's first frame is "
+            f"image {path} is {rgb.shape[0]}x{rgb.shape[1]} (HxW) but the sequence's first frame is "
             f"{size[0]}x{size[1]}"
         )
-    return bgr
+    return np.ascontiguousarray(rgb[..., ::-1])
 
 
 # ---------------------------------------------------------------------------------------------- answers
@@ -355,8 +358,9 @@ class WholeLines(io.TextIOBase):
     def write(self, text: str) -> int:
         lines = (self._pending + text.replace("\r", "\n")).split("\n")
         self._pending = lines.pop()
-        if lines:
-            self.stream.write("".join(line + "\n" for line in lines if line))
+        whole = "".join(line + "\n" for line in lines if line)
+        if whole:
+            self.stream.write(whole)
             self.stream.flush()
         return len(text)
 
