@@ -116,6 +116,8 @@ def test_command_refuses_to_run_without_the_toolkit(monkeypatch, capsys) -> None
     monkeypatch.delenv("TRAX_SOCKET", raising=False)
     assert main(["--tracker", "sam2", "--config", CFG, "--checkpoint", "missing.pt"]) == 2
     assert "started by the VOT toolkit" in capsys.readouterr().err
+    assert main(["--tracker", "sam2", "--num_pathways", "2"]) == 2
+    assert "--tracker sam2 takes no SAM2Long settings (--num_pathways)" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- toolkit

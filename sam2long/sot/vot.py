@@ -418,6 +418,12 @@ def _spec(args: argparse.Namespace, config_file: str, checkpoint: str) -> Any:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``sam2long-vot``: serve TraX requests until the toolkit quits; returns the exit status."""
     args = build_parser().parse_args(None if argv is None else list(argv))
+    from sam2long.config import SAM2LongConfig
+
+    tree_flags = [f"--{n}" for n in (*SAM2LongConfig.field_names(), "preset") if getattr(args, n) is not None]
+    if args.tracker == "sam2" and tree_flags:
+        print(f"error: --tracker sam2 takes no SAM2Long settings ({', '.join(tree_flags)})", file=sys.stderr)
+        return 2
     if "TRAX" not in os.environ and "TRAX_SOCKET" not in os.environ:
         print(
             "error: sam2long-vot is started by the VOT toolkit (trackers.ini, `vot evaluate`), which talks "
