@@ -13,8 +13,9 @@ TraX channel, one session per initialize request, and :func:`sam2long.pipeline.t
 late objects given from ``before_frame``. TraX is causal: the answer for frame ``t`` is sent when the
 tracker asks for frame ``t + 1``. SAM 2's answers are final by then. SAM2Long may keep a frame undecided
 longer (its pathways have not agreed yet); it then answers with the mask of the pathway that is best on
-that frame (from the observer's records), which is the official SAM2Long per-frame answer. Its later
-commitment keeps steering the tracking but cannot change an answer already sent.
+that frame (from the observer's records): an online answer, which may differ from the tree's final one
+(the best pathway after the last frame). The tree's later commitment keeps steering the tracking but
+cannot change an answer already sent.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def encode_region(mask: np.ndarray, output: str) -> Any:
 
 def read_request_image(images: dict, size: Optional[tuple[int, int]]) -> np.ndarray:
     """The colour image of a request as BGR (what a capture returns), checked against the session's frame
-    ``size``. Decoded as image folders are (PIL), so answers equal an offline run on the same files."""
+    ``size``. Decoded as image folders are (PIL), so the frames equal an offline run's."""
     from trax.image import Image
 
     from sam2.utils.frame_sources import FrameSourceError, read_image_file
