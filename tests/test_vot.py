@@ -11,15 +11,18 @@ import shlex
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from extras import require
+from extras import require, unavailable
 
 require("trax", "pip install -e '.[vot]'")
 require("vot", "pip install -e '.[vot]'")
+if metadata.version("vot-toolkit") != "0.9.0":  # the extra's pin; other releases differ in layout and CLI
+    unavailable(f"needs vot-toolkit 0.9.0, found {metadata.version('vot-toolkit')}: pip install -e '.[vot]'")
 
 from sam2long.sot.vot import (  # noqa: E402
     VotInputError,
@@ -301,29 +304,14 @@ def test_sam2long_answers_each_frame_before_its_pathways_agree(checkpoint: Path,
     """TraX is causal: SAM2Long (exact, no max_lag) answers every frame when the next one is asked for,
     with its best pathway, also where the tree has not decided the frame yet."""
     from trax import TraxStatus
-    from trax.image import FileImage
-    from trax.region import Mask
     from trax.server import Request
 
     from sam2long.config import SAM2LongConfig
     from sam2long.sot import vot
     from sam2long.tracker_spec import TrackerSpec
 
-    class Server:
-        def __init__(self, requests: list) -> None:
-            self.requests, self.statuses = iter(requests), []
-
-        def wait(self):
-            return next(self.requests)
-
-        def status(self, objects, properties=None) -> None:
-            self.statuses.append(objects)
-
-    frames = [str(p) for p in sorted(BEDROOM.glob("*.jpg"))[:NUM_FRAMES]]
-    truth = Mask.create(np.ascontiguousarray(_object_mask()[60:200, 150:320]), 150, 60)
-    init = Request(TraxStatus.INITIALIZE, {"color": FileImage.create(frames[0])}, [(truth, {})], {})
-    server = Server([Request(TraxStatus.FRAME, {"color": FileImage.create(f)}, None, {}) for f in frames[1:]])
-    server.requests = iter([*server.requests, Request(TraxStatus.QUIT, None, None, {})])
+    init, requests = _requests(0, NUM_FRAMES)
+    server = FakeServer([*requests, Request(TraxStatus.QUIT, None, None, {})])
     final_after = {}  # frame -> answers sent when its final output came
     record = vot.Answers.final
 
@@ -345,3 +333,51 @@ def test_sam2long_answers_each_frame_before_its_pathways_agree(checkpoint: Path,
     assert late, f"every frame was final before its answer was due: {final_after}"
     first = server.statuses[0][0][0]
     np.testing.assert_array_equal(place_mask(first.array(), first.offset(), SIZE), _object_mask() > 0)
+
+
+class FakeServer:
+    """The toolkit's side of TraX in process: hands out ``requests`` and keeps the answers."""
+
+    def __init__(self, requests: list) -> None:
+        self.requests, self.statuses = iter(requests), []
+
+    def wait(self):
+        return next(self.requests)
+
+    def status(self, objects, properties=None) -> None:
+        self.statuses.append(objects)
+
+
+def _requests(start: int, stop: int) -> tuple:
+    """An initialize request on bedroom frame ``start`` (the object's mask, with an offset) and the frame
+    requests up to ``stop``."""
+    from trax import TraxStatus
+    from trax.image import FileImage
+    from trax.region import Mask
+    from trax.server import Request
+
+    frames = [str(p) for p in sorted(BEDROOM.glob("*.jpg"))[start:stop]]
+    truth = Mask.create(np.ascontiguousarray(_object_mask()[60:200, 150:320]), 150, 60)
+    init = Request(TraxStatus.INITIALIZE, {"color": FileImage.create(frames[0])}, [(truth, {})], {})
+    return init, [Request(TraxStatus.FRAME, {"color": FileImage.create(f)}, None, {}) for f in frames[1:]]
+
+
+def test_each_initialize_request_starts_a_new_session(checkpoint: Path) -> None:
+    """Multi-start experiments initialize again in the same process: the first session ends there."""
+    from trax import TraxStatus
+    from trax.server import Request
+
+    from sam2long.sot import vot
+    from sam2long.tracker_spec import TrackerSpec
+
+    first, first_frames = _requests(0, 3)
+    second, second_frames = _requests(2, 5)
+    server = FakeServer([*first_frames, second, *second_frames, Request(TraxStatus.QUIT, None, None, {})])
+    spec = TrackerSpec.create("sam2", CFG, str(checkpoint), lambda: None, hydra_overrides=(OVERRIDE,))
+    predictor = spec.build("cpu", non_overlap_masks=False)
+    assert vot.run_session(server, predictor, first, "auto") is second
+    assert len(server.statuses) == 3
+    assert vot.run_session(server, predictor, second, "auto").type == TraxStatus.QUIT
+    assert len(server.statuses) == 6
+    restart = server.statuses[3][0][0]  # the second session's first answer: its own prompt
+    np.testing.assert_array_equal(place_mask(restart.array(), restart.offset(), SIZE), _object_mask() > 0)
