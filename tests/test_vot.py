@@ -1,7 +1,8 @@
-"""The VOT toolkit runs ``sam2long-vot`` over TraX: region conversions (mask offsets exact), and the
-toolkit's own commands (``vot initialize``, ``vot evaluate``, ``vot analysis``) on a tiny local workspace
-made of bedroom frames: short-term masks equal our in-process SAM 2 run; several objects (VOTS), one of
-them a rectangle joining on a later frame, with SAM2Long."""
+"""The VOT toolkit runs ``sam2long-vot`` over TraX: region conversions (mask offsets exact); the toolkit's
+own commands (``vot initialize``, ``vot evaluate``, ``vot analysis``) on a tiny local workspace of bedroom
+frames: short-term masks equal our live-mode SAM 2 on the same frames, and several objects (VOTS), one a
+rectangle given on a later frame, under SAM2Long; in process, SAM2Long answers frames it has not decided
+yet, and each initialize request starts a new session."""
 
 from __future__ import annotations
 
@@ -175,16 +176,8 @@ def _workspace(root: Path, stack: str, sequences: dict, command: str) -> Path:
 
 def _command(tracker: str, checkpoint: Path, *extra: str) -> str:
     args = [sys.executable, "-m", "sam2long.sot.vot", "--tracker", tracker, "--config", CFG]
-    args += [
-        "--checkpoint",
-        str(checkpoint),
-        "--hydra_overrides",
-        OVERRIDE,
-        "--device",
-        "cpu",
-        "--dtype",
-        "float32",
-    ]
+    args += ["--checkpoint", str(checkpoint), "--hydra_overrides", OVERRIDE, "--device", "cpu"]
+    args += ["--dtype", "float32"]
     return shlex.join([*args, *extra])
 
 
