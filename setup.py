@@ -38,6 +38,16 @@ EXTRAS = {
     "yolo": ["ultralytics>=8.3"],
     # EdgeTAM's RepViT trunk (configs/edgetam.yaml); the official package pins timm 1.0.15
     "edgetam": ["timm>=1.0.15"],
+    # the VOT toolkit running our trackers over TraX (sam2long-vot, sam2long/sot/vot.py):
+    "vot": [
+        # the toolkit itself (`vot initialize / evaluate / analysis`); 0.9.0 is the release tested here
+        "vot-toolkit==0.9.0",
+        # vot-toolkit 0.9.0 does not import with attributee 0.1.10 (`dataclass_transform() takes 0
+        # positional arguments`) and does not bound it itself
+        "attributee<0.1.10",
+        # the TraX protocol library (`trax` module) our tracker command serves with
+        "vot-trax>=4",
+    ],
 }
 
 setup(
@@ -52,6 +62,12 @@ setup(
     include_package_data=True,
     install_requires=REQUIRED,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["sam2long=sam2long.cli:main", "sam2long-vos=sam2long.vos.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "sam2long=sam2long.cli:main",
+            "sam2long-vos=sam2long.vos.cli:main",
+            "sam2long-vot=sam2long.sot.vot:main",
+        ]
+    },
     python_requires=">=3.10",
 )

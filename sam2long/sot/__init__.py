@@ -1,0 +1,1 @@
+"""Single-object / benchmark-toolkit integrations of our trackers (VOT over TraX, ...)."""
