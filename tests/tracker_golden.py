@@ -24,9 +24,10 @@ Common inputs (both trackers):
 
 The official builders run with their default ``apply_postprocessing=True``, i.e. with the
 overrides :data:`POSTPROCESSING`; ``fill_hole_area=8`` among them is a no-op there: on CPU the
-hole filling fails (SAMURAI's fork has no ``sam2._C``; DAM4SAM's prebuilt ``_C.so`` is a CUDA
-kernel) and the official code skips it with a warning, so our side must run with
-``fill_hole_area=0`` (:data:`OUR_FILL_HOLE_AREA`). The generators assert the skip happened.
+hole filling fails (SAMURAI's fork has no ``sam2._C``; DAM4SAM's committed ``_C.so`` needs the
+CUDA 12 runtime to load, and its kernel asserts CUDA inputs anyway) and the official code skips
+it with a warning, so our side must run with ``fill_hole_area=0`` (:data:`OUR_FILL_HOLE_AREA`).
+The generators assert the skip happened.
 
 Records (``records.json`` in each folder, read with :func:`load`): ``{"frames": [...]}``, one dict
 per frame in order, floats exactly as the reference computed them (``float(tensor)``), the

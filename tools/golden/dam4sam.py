@@ -58,7 +58,7 @@ and per frame ``frames[i]``:
 * ``mask``: the wrapper's output mask (``pred_mask``) at video resolution, COCO RLE.
 
 ``summary`` in the manifest: frames, absent frames (object score <= 0), DRM additions. The run
-is made twice and the two records must be identical. Takes ~2 min on 2 cores.
+is made twice and the two records must be identical. Takes ~2 min on 2 cores (both runs).
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ Per frame (``records.json`` ``frames[i]``):
 
 ``summary`` in the manifest: frames, absent frames (object score <= ``min_obj_score_logits``),
 frames on the motion branch, frames where motion changed the choice. The run is made twice and
-the two records must be identical (the reference is deterministic on CPU). Takes ~1 min on 2
-cores.
+the two records must be identical (the reference is deterministic on CPU). Takes ~2 min on 2
+cores (both runs).
 """
 
 from __future__ import annotations
