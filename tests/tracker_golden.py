@@ -33,6 +33,13 @@ Records (``records.json`` in each folder, read with :func:`load`): ``{"frames": 
 per frame in order, floats exactly as the reference computed them (``float(tensor)``), the
 output mask at video resolution as a COCO RLE (``pycocotools``; :func:`rle_encode`). See the
 generators' docstrings for the fields of each tracker.
+
+Precision: each golden was recorded twice with identical records (the references are
+deterministic on CPU), with 2 torch threads. Rerun with 1 thread, every decision (chosen
+candidate, absent frames, Kalman warm-up, DRM additions) is the same, but floats move: object
+scores up to ~1e-3 (the object-score head has a gain of 100-200 here), SAMURAI's motion IoUs
+~1e-3 (a box edge moved by one pixel), predicted IoUs ~3e-5, masks by <= 2 pixels. Compare with
+tolerances of that order; the manifests' ``summary.margins`` say how close each decision is.
 """
 
 from __future__ import annotations
