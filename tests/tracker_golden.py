@@ -12,9 +12,14 @@ Common inputs (both trackers):
 * model: SAM 2.1 tiny (:data:`CONFIG` in our package; the references use their own copies of
   the config, :data:`SAMURAI_CONFIG` and :data:`DAM4SAM_CONFIG`), at :data:`IMAGE_SIZE` px
   (hydra override :data:`OVERRIDES`), fp32 on CPU, seeded random weights from
-  ``tests/conftest.py:checkpoint_state_dict`` (:func:`state_dict`), with two output biases set so
-  that the interesting branches run on a short clip: the object-score head's (present AND absent
-  frames) and the IoU head's last layer (predicted IoUs high enough for DAM4SAM's DRM rule);
+  ``tests/conftest.py:checkpoint_state_dict`` (:func:`state_dict`), with a few output layers
+  retuned per tracker (:class:`Weights`, :data:`WEIGHTS`) so that the interesting branches run
+  on a short clip (absent frames, motion overriding the best IoU, DRM additions). The forks'
+  tiny configs equal ours but for their tracker keys (SAMURAI: ``samurai_mode`` ... ; DAM4SAM:
+  ``multimask_max_pt_num: 3``, ``add_all_frames_to_correct_as_cond``,
+  ``memory_temporal_stride_for_eval: 5``, ``non_overlap_masks: false``,
+  ``max_cond_frames_in_attn: 4``) and RoPE ``feat_sizes: [32, 32]`` (ours: 64; at 512 px both
+  end up 32x32, the tables are recomputed for the actual size);
 * frames: :data:`NUM_FRAMES` JPEGs written by :func:`make_frames`. Only 8 bedroom frames are
   committed (``tests/assets/bedroom``), so the clip plays them back and forth
   (:data:`FRAME_SOURCES`; byte copies, so every frame decodes exactly like the asset);
