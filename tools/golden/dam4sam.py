@@ -57,7 +57,8 @@ and per frame ``frames[i]``:
   the first DRM condition held); ``added_to_drm``;
 * ``mask``: the wrapper's output mask (``pred_mask``) at video resolution, COCO RLE.
 
-``summary`` in the manifest: frames, absent frames (object score <= 0), DRM additions. The run
+``summary`` in the manifest: frames, absent frames (object score <= 0), DRM additions, and
+``margins`` (the smallest distance of each kind of decision to its threshold). The run
 is made twice and the two records must be identical. Takes ~2 min on 2 cores (both runs).
 """
 

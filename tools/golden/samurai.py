@@ -46,7 +46,8 @@ Per frame (``records.json`` ``frames[i]``):
 * ``mask``: the output mask (``video_res_masks > 0``) at video resolution, COCO RLE.
 
 ``summary`` in the manifest: frames, absent frames (object score <= ``min_obj_score_logits``),
-frames on the motion branch, frames where motion changed the choice. The run is made twice and
+frames on the motion branch, frames where motion changed the choice, and ``margins`` (the
+smallest distance of each kind of decision to its threshold or runner-up). The run is made twice and
 the two records must be identical (the reference is deterministic on CPU). Takes ~4 min on 2
 cores (both runs).
 """
