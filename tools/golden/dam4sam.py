@@ -57,8 +57,9 @@ and per frame ``frames[i]``:
   the first DRM condition held); ``added_to_drm``;
 * ``mask``: the wrapper's output mask (``pred_mask``) at video resolution, COCO RLE.
 
-``summary`` in the manifest: frames, absent frames (object score <= 0), DRM additions. The run
-is made twice and the two records must be identical. Takes ~2 min on 2 cores.
+``summary`` in the manifest: frames, absent frames (object score <= 0), DRM additions, and
+``margins`` (the smallest distance of each kind of decision to its threshold). The run
+is made twice and the two records must be identical. Takes ~2 min on 2 cores (both runs).
 """
 
 from __future__ import annotations
@@ -281,6 +282,21 @@ def summary_of(records: dict[str, Any]) -> dict[str, Any]:
         "empty_mask_frames": [r["frame"] for r in frames if not tg.rle_decode(r["mask"]).any()],
         "drm_additions": [r["frame"] for r in frames if r["added_to_drm"]],
         "drm_candidates": [r["frame"] for r in frames if r["alt_box_ious"] is not None],
+        "margins": margins_of(frames),
+    }
+
+
+def margins_of(frames: list[dict[str, Any]]) -> dict[str, float]:
+    """Smallest distance of each recorded decision to its threshold or runner-up: how far a
+    reimplementation's numbers may drift before it decides differently."""
+    tracked = frames[1:]
+    ratios = [r["obj_sizes_ratio"] for r in tracked if r["obj_sizes_ratio"] is not None and r["obj_sizes_ratio"] >= 0]
+    return {
+        "candidate_choice": min(sorted(r["ious"])[-1] - sorted(r["ious"])[-2] for r in tracked),
+        "object_score_vs_0": min(abs(r["object_score_logit"]) for r in tracked),
+        "chosen_iou_vs_0.8": min(abs(r["m_iou"] - 0.8) for r in tracked),
+        "size_ratio_vs_0.8_1.2": min(min(abs(x - 0.8), abs(x - 1.2)) for x in ratios),
+        "alt_box_iou_vs_0.7": min(abs(min(r["alt_box_ious"]) - 0.7) for r in tracked if r["alt_box_ious"]),
     }
 
 

@@ -46,9 +46,10 @@ Per frame (``records.json`` ``frames[i]``):
 * ``mask``: the output mask (``video_res_masks > 0``) at video resolution, COCO RLE.
 
 ``summary`` in the manifest: frames, absent frames (object score <= ``min_obj_score_logits``),
-frames on the motion branch, frames where motion changed the choice. The run is made twice and
-the two records must be identical (the reference is deterministic on CPU). Takes ~1 min on 2
-cores.
+frames on the motion branch, frames where motion changed the choice, and ``margins`` (the
+smallest distance of each kind of decision to its threshold or runner-up). The run is made twice and
+the two records must be identical (the reference is deterministic on CPU). Takes ~4 min on 2
+cores (both runs).
 """
 
 from __future__ import annotations
@@ -199,6 +200,30 @@ def summary_of(records: dict[str, Any]) -> dict[str, Any]:
         "empty_mask_frames": [r["frame"] for r in frames if r["mask"]["counts"] == tg.rle_encode(np.zeros(r["mask"]["size"], bool))["counts"]],
         "motion_branch_frames": [r["frame"] for r in frames if r["kf_ious"] is not None],
         "motion_changed_choice_frames": [r["frame"] for r in frames if r["motion_changed_choice"]],
+        "margins": margins_of(frames),
+    }
+
+
+def margins_of(frames: list[dict[str, Any]]) -> dict[str, float]:
+    """Smallest distance of each recorded decision to its threshold or runner-up: how far a
+    reimplementation's numbers may drift before it decides differently."""
+    s = tg.SAMURAI_SETTINGS
+    w = s["kf_score_weight"]
+    tracked = frames[1:]
+    choice = []
+    for r in tracked:
+        score = r["ious"] if r["kf_ious"] is None else [w * k + (1 - w) * i for k, i in zip(r["kf_ious"], r["ious"])]
+        top = sorted(score, reverse=True)
+        choice.append(top[0] - top[1])
+    return {
+        "candidate_choice": min(choice),
+        "object_score_vs_min_obj_score_logits": min(abs(r["object_score_logit"] - s["min_obj_score_logits"]) for r in frames),
+        "object_score_vs_memory_bank": min(abs(r["object_score_logit"] - s["memory_bank_obj_score_threshold"]) for r in tracked),
+        "best_iou_vs_memory_bank": min(abs(r["best_iou_score"] - s["memory_bank_iou_threshold"]) for r in tracked),
+        "best_iou_vs_stable_ious": min(abs(r["best_iou_score"] - s["stable_ious_threshold"]) for r in tracked),
+        "kf_score_vs_memory_bank": min(
+            abs(r["kf_score"] - s["memory_bank_kf_score_threshold"]) for r in tracked if r["kf_score"] not in (None, 0.0)
+        ),
     }
 
 
