@@ -165,3 +165,23 @@ def test_samurai_objects_alone_equal_objects_in_one_pass(ckpt: Path, frames: Pat
             union = (a | b).sum().item()
             assert union == 0 or (a & b).sum().item() / union >= 0.999, (obj, f)
             assert math.isclose((together[f][k] - alone[f][0]).abs().max().item(), 0.0, abs_tol=1e-3), (obj, f)
+
+
+def test_combinations_are_points_of_one_settings_space() -> None:
+    """Each combination reduces to its parts by settings alone (the tracker code is one)."""
+    samurai = SAM2LongConfig.from_preset("samurai")
+    combined = SAM2LongConfig.from_preset("sam2long-samurai")
+    assert SAM2LongConfig.from_preset("sam2long-samurai", motion_weight=None) == SAM2LongConfig()
+    assert combined.motion() == samurai.motion()
+    single = SAM2LongConfig.resolve(
+        combined,
+        num_pathways=1,
+        iou_threshold=0.5,
+        memory_modulation=None,
+        memory_rule="samurai",
+        object_threshold=-1.0,
+    )
+    assert single == samurai
+    dam4sam = SAM2LongConfig.from_preset("dam4sam")
+    assert SAM2LongConfig.from_preset("sam2long-dam4sam", num_pathways=1) == dam4sam
+    assert SAM2LongConfig.resolve(dam4sam, num_pathways=3, memory_rule="sam2long", memory_modulation=(0.95, 1.05)) == SAM2LongConfig()
