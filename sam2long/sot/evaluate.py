@@ -56,10 +56,10 @@ def center_error(pred: np.ndarray, gt: np.ndarray, normalized: bool = False) -> 
     """Distance between box centres, in pixels or in units of the ground-truth size."""
     pred_center = pred[:, :2] + 0.5 * (pred[:, 2:] - 1.0)
     gt_center = gt[:, :2] + 0.5 * (gt[:, 2:] - 1.0)
-    if normalized:
-        with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # unannotated frames: replaced by the caller
+        if normalized:
             pred_center, gt_center = pred_center / gt[:, 2:], gt_center / gt[:, 2:]
-    return np.sqrt(((pred_center - gt_center) ** 2).sum(axis=1))
+        return np.sqrt(((pred_center - gt_center) ** 2).sum(axis=1))
 
 
 def sequence_errors(
