@@ -336,3 +336,34 @@ def test_got10k_val_equals_the_got10k_toolkit(tmp_path: Path):
     assert payload["sr50"] == pytest.approx(100 * toolkit["sr"], abs=1e-9)
     assert payload["sr75"] == pytest.approx(100 * toolkit["succ_curve"][75], abs=1e-9)
     assert 0 < payload["ao"] < 100
+
+
+# --------------------------------------------------------------------------- the paper's table
+
+
+def test_report_prints_table5_beside_the_runs(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from sam2long.cli import main as sam2long_main
+
+    lasot = make_lasot(tmp_path / "LaSOT", {"cat-1": 4, "cat-3": 5})
+    got = make_got10k(tmp_path / "GOT-10k" / "val", {"GOT-10k_Val_000001": 4})
+    run = tmp_path / "runs" / "mine"
+    for name, count in (("cat-1", 4), ("cat-3", 5)):
+        write_result(run / "lasot", "txt", name, moving_boxes(count), [0.1] * count)
+    write_result(run / "got10k_val", "got10k", "GOT-10k_Val_000001", moving_boxes(4), [0.1] * 4)
+    out = tmp_path / "table.json"
+    gt = ["--gt_root", f"lasot={lasot}", f"got10k_val={got}"]
+    assert (
+        sam2long_main(["eval", "sot", "--report", *gt, "--pred_root", str(run), "--output_json", str(out)])
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert "LaSOT AUC" in lines[0] and "LaSOT-ext AUC" in lines[0] and "GOT-10k AO (val)" in lines[0]
+    assert lines[1].split()[-3:] == ["70.0", "56.9", "80.7"] and lines[2].split()[-3:] == [
+        "73.9",
+        "60.9",
+        "81.1",
+    ]
+    measured = json.loads(out.read_text())["measured"][str(run)]
+    # perfect boxes: AUC 20/21 (IoU 1 is not above the threshold 1.0); GOT-10k AO 100; no LaSOT-ext run
+    assert measured == pytest.approx({"lasot": 100 * 20 / 21, "got10k_val": 100.0})
+    assert lines[3].split()[-3:] == [f"{100 * 20 / 21:.1f}", "-", "100.0"]

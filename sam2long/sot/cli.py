@@ -205,7 +205,11 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.output_json:
-        write_reports(Path(args.output_json), payload, results, plots=not args.no_plots)
+        try:
+            write_reports(Path(args.output_json), payload, results, plots=not args.no_plots)
+        except SotInputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     keys = ("auc", "precision", "norm_precision", "ao", "sr50", "sr75")
     for entry in payload["trackers"]:
         scores = "  ".join(f"{k} {entry[k]:.2f}" for k in keys if entry.get(k) is not None)

@@ -251,10 +251,13 @@ def write_csv(path: Path, dataset: str, results: Sequence[TrackerScores]) -> Non
 
 def write_plots(folder: Path, dataset: str, results: Sequence[TrackerScores]) -> list[Path]:
     """Success and precision plots (PNG), one curve per result folder, scores in the legend."""
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise SotInputError("the plots need matplotlib: pip install -e '.[sot]' (or --no_plots)") from error
 
     plots = (
         ("success", OVERLAP_THRESHOLDS, "success", "overlap threshold (IoU)", "auc"),
