@@ -266,6 +266,15 @@ def test_ope_rejects_invalid_results_and_short_lasot():
         curves_of(GT * [1, 1, -1, 1], GT)
     with pytest.raises(SotInputError, match="4 result boxes for 5 frames"):
         curves_of(GT[:4], GT, "lasot", np.ones(5, bool))
+    unannotated = GT.copy()
+    unannotated[2] = np.nan
+    with pytest.raises(SotInputError, match="NaN in the ground truth"):
+        curves_of(GT + [30, 0, 0, 0], unannotated)
+    # UAV123 marks absence with NaN: that frame never succeeds in IoU but counts in precision
+    uav = curves_of(GT + [30, 0, 0, 0], unannotated, "uav123").scores
+    above = int((70 * 50 / (2 * 5000 - 70 * 50) > OVERLAP_THRESHOLDS).sum())  # 30 px off: IoU 0.54
+    assert uav["precision"] == pytest.approx(40.0)  # frame 0 and the NaN frame
+    assert uav["auc"] == pytest.approx(100 * (20 + 3 * above) / (21 * 5))
     # elsewhere padded with zero boxes after the previous-box rule ran, so the missing frame fails
     padded = curves_of(GT[:4], GT)
     assert padded.scores["precision"] == pytest.approx(80.0)

@@ -1,7 +1,8 @@
 """One-pass evaluation (OPE) of box trackers, as pytracking's analysis computes it (the numbers
 SAMURAI and HiM2SAM report), and GOT-10k's AO / SR as the ``got10k`` toolkit computes them.
 
-Per sequence (pytracking's ``calc_seq_err_robust``): results with NaN or negative sizes are refused;
+Per sequence (pytracking's ``calc_seq_err_robust``): results with NaN or negative sizes are refused,
+and NaN in the ground truth outside UAV123;
 a predicted box of zero width or height takes the previous predicted box (where the ground truth is
 annotated); a longer result is cut, a shorter one padded with zero boxes (refused on LaSOT); frame 0
 is set to the ground truth. A frame is valid when its ground-truth box has positive width and height
@@ -71,6 +72,8 @@ def sequence_errors(
     if np.isnan(pred).any() or (pred[:, 2:] < 0).any():
         raise SotInputError(f"sequence {name!r}: the result holds NaN or a negative width/height")
     gt_annotated = ~np.isnan(gt).any(axis=1)
+    if dataset != "uav123" and not gt_annotated.all():
+        raise SotInputError(f"sequence {name!r}: NaN in the ground truth (only UAV123 marks absence so)")
     for i in range(1, len(pred)):
         if (pred[i, 2:] == 0).any() and i < len(gt) and gt_annotated[i]:
             pred[i] = pred[i - 1]
