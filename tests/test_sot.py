@@ -329,9 +329,11 @@ def test_got10k_val_equals_the_got10k_toolkit(tmp_path: Path):
     for name, count in names.items():
         gt = moving_boxes(count)
         pred = gt + rng.normal(0, 15, gt.shape)
-        pred[2] = [0, 0, 0, 0]  # an empty mask
-        pred[3] = [WIDTH - 30, HEIGHT - 20, 90, 70]  # partly outside the image: clipped
         pred[:, 2:] = np.abs(pred[:, 2:])
+        pred[1] = [-40, gt[1, 1], 150, 100]  # past the left edge: the toolkit moves it to x = 0
+        pred[2] = [0, 0, 0, 0]  # an empty mask
+        pred[3] = [WIDTH - 30, HEIGHT - 20, 90, 70]  # partly outside the image, away from the target
+        pred[4] = [gt[4, 0], gt[4, 1], 500, 100]  # past the right edge: cut at the image border
         write_result(results, "got10k", name, pred, [0.05] * count)
     experiment = ExperimentGOT10k(
         str(tmp_path / "GOT-10k"),
