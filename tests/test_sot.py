@@ -189,6 +189,23 @@ def test_writers_round_trip_and_zip(tmp_path: Path, layout: str):
     assert not (tmp_path / "partial.zip").exists()
 
 
+@pytest.mark.parametrize("layout", ["txt", "got10k"])
+def test_leftovers_of_a_killed_write_are_removed_per_sequence(tmp_path: Path, layout: str):
+    from sam2long.mask_io import temp_path
+    from sam2long.sot.results import result_files
+    from sam2long.sot.run import remove_leftovers
+
+    made = {}
+    for name in ("cat-1", "cat-10"):
+        made[name] = [temp_path(tmp_path / f) for f in result_files(layout, name)]
+        for path in made[name]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("half")
+    remove_leftovers(tmp_path, layout, "cat-1")
+    assert not any(p.exists() for p in made["cat-1"])
+    assert all(p.exists() for p in made["cat-10"])  # another shard may be writing it
+
+
 def test_mask_box_and_prompt_box():
     mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
     assert mask_box(mask).tolist() == EMPTY_BOX.tolist()

@@ -25,10 +25,10 @@ import torch
 from tqdm import tqdm
 
 from sam2.utils.frame_sources import FrameSourceError
-from sam2long.mask_io import remove_temp_files
+from sam2long.mask_io import TEMP_SUFFIX, temp_path
 from sam2long.pipeline import TrackResult, track
 from sam2long.sot.datasets import FrameFiles, SotInputError, SotSequence, load_sequence
-from sam2long.sot.results import write_result
+from sam2long.sot.results import result_files, write_result
 from sam2long.vos.dataset import DoneMarkers
 from sam2long.vos.run import PeakMemory, Summary
 
@@ -112,6 +112,7 @@ def run_sequence(
     predictor: Any, seq: SotSequence, out: Path, layout: str, device: torch.device, score_thresh: float
 ) -> tuple[SequenceStats, list[str]]:
     """Track one sequence and write its result files; returns its statistics and the files."""
+    remove_leftovers(out, layout, seq.name)
     meter = PeakMemory(device)
     meter.reset()
     boxes, times = track_boxes(predictor, seq, score_thresh)
@@ -127,6 +128,17 @@ def run_sequence(
         peak_mem_kind=kind,
     )
     return stats, files
+
+
+def remove_leftovers(out: Path, layout: str, name: str) -> None:
+    """Delete the temporary files a killed run left for sequence ``name`` (only its own: shards
+    share the result folder and may be writing theirs)."""
+    for relative in result_files(layout, name):
+        target = Path(out) / relative
+        stem = temp_path(target).name.rsplit(".", 2)[0]  # the temporary name without its random part
+        if target.parent.is_dir():
+            for leftover in target.parent.glob(f"{stem}.*{TEMP_SUFFIX}"):
+                leftover.unlink(missing_ok=True)
 
 
 class ResultMarkers(DoneMarkers):
@@ -152,7 +164,6 @@ def run_sot(
 ) -> int:
     """Run every sequence of ``names`` not already complete for ``fingerprint``; a failing one is
     logged and recorded while the others go on. Returns 1 if any failed, else 0."""
-    remove_temp_files(out)
     todo = []
     for name in names:
         marker = markers.complete(name, fingerprint) if resume else None
