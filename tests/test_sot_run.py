@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,7 +174,13 @@ def test_sam2long_on_got10k_layout_and_the_empty_mask_rule(
     absent = make_checkpoint(CONFIG, obj_score_bias=-20.0)  # every tracked mask is empty
     root = make_got10k(tmp_path / "val", {"GOT-10k_Val_000001": 4})
     out = tmp_path / "sam2long"
-    assert run(flags(absent, "got10k_val", root, out, "--num_pathway", "2")) == 0
+    submit = tmp_path / "submit.zip"
+    assert run(flags(absent, "got10k_val", root, out, "--num_pathway", "2", "--zip", str(submit))) == 0
+    with zipfile.ZipFile(submit) as archive:  # the server's layout
+        assert sorted(archive.namelist()) == [
+            "GOT-10k_Val_000001/GOT-10k_Val_000001_001.txt",
+            "GOT-10k_Val_000001/GOT-10k_Val_000001_time.txt",
+        ]
     boxes = np.loadtxt(out / "GOT-10k_Val_000001" / "GOT-10k_Val_000001_001.txt", delimiter=",")
     np.testing.assert_array_equal(boxes[0], moving_boxes(4)[0])
     np.testing.assert_array_equal(boxes[1:], 0)  # empty masks report 0,0,0,0
