@@ -121,7 +121,11 @@ def test_trackingnet_otb_uav_nfs_readers(tmp_path: Path):
         (otb / "Jogging" / f"groundtruth_rect.{k}.txt").write_text(box_lines(moving_boxes(3, step=(k, k))))
     copy_frames(otb / "BlurCar3" / "img", 5, name=lambda i: f"{i + 1:04d}.jpg")  # annotated from frame 3
     (otb / "BlurCar3" / "groundtruth_rect.txt").write_text(box_lines(moving_boxes(3)))
-    assert sequence_names("otb100", otb) == ["Basketball", "BlurCar3", "Jogging-1", "Jogging-2"]
+    copy_frames(otb / "Human4" / "img", 3, name=lambda i: f"{i + 1:04d}.jpg")
+    (otb / "Human4" / "groundtruth_rect.1.txt").write_text("\n")  # empty in the official download
+    (otb / "Human4" / "groundtruth_rect.2.txt").write_text(box_lines(moving_boxes(3, step=(3, 3))))
+    assert sequence_names("otb100", otb) == ["Basketball", "BlurCar3", "Human4", "Jogging-1", "Jogging-2"]
+    np.testing.assert_array_equal(load_sequence("otb100", otb, "Human4").boxes, moving_boxes(3, step=(3, 3)))
     np.testing.assert_array_equal(
         load_sequence("otb100", otb, "Jogging-2").boxes, moving_boxes(3, step=(2, 2))
     )
@@ -145,12 +149,17 @@ def test_trackingnet_otb_uav_nfs_readers(tmp_path: Path):
 
     nfs = tmp_path / "NfS"
     copy_frames(nfs / "bee" / "30" / "bee", 3, name=lambda i: f"{i + 1:05d}.jpg")
-    xyxy = [(10 + i, 20, 50 + i, 80) for i in range(17)]  # 240 fps annotations: every 8th is a 30 fps frame
+    xyxy = [(10 + i, 20, 50 + i, 80) for i in range(24)]  # 240 fps annotations: every 8th is a 30 fps frame
     (nfs / "bee" / "30" / "bee.txt").write_text(
         "".join(f'1 {a} {b} {c} {d} {i + 1} 0 0 0 "bee"\n' for i, (a, b, c, d) in enumerate(xyxy))
     )
     seq = load_sequence("nfs", nfs, "bee")
     np.testing.assert_array_equal(seq.boxes, [[10, 20, 40, 60], [18, 20, 40, 60], [26, 20, 40, 60]])
+    (nfs / "bee" / "30" / "bee.txt").write_text(
+        "".join(f'1 {i} 2 {i + 5} 9 {i + 1} 0 0 0 "bee"\n' for i in range(4))
+    )
+    seq = load_sequence("nfs", nfs, "bee")  # one box too many at the end: trimmed
+    np.testing.assert_array_equal(seq.boxes, [[0, 2, 5, 7], [1, 2, 5, 7], [2, 2, 5, 7]])
 
 
 def test_reader_errors_name_the_sequence_and_file(tmp_path: Path):

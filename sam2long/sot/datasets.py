@@ -17,13 +17,14 @@ Layouts (``--root`` is the folder shown as ``ROOT``):
 * ``trackingnet``: ``ROOT/frames/<seq>/<n>.jpg`` and ``ROOT/anno/<seq>.txt`` (ROOT is a split
   folder such as ``TrackingNet/TEST``; the test split's annotation holds the first box only);
 * ``otb100``: ``ROOT/<Seq>/img/%04d.jpg`` and ``groundtruth_rect.txt``; the two-target sequences
-  (``groundtruth_rect.1.txt`` / ``.2.txt``) are ``<Seq>-1`` and ``<Seq>-2``; sequences annotated
-  from a later frame start where the official OTB configuration says (:data:`OTB_START`);
+  (``groundtruth_rect.1.txt`` / ``.2.txt``, both non-empty) are ``<Seq>-1`` and ``<Seq>-2``;
+  sequences annotated from a later frame start where the official OTB configuration says
+  (:data:`OTB_START`), and run for as many frames as they have boxes;
 * ``uav123``: ``ROOT/data_seq/UAV123/<folder>/%06d.jpg`` and ``ROOT/anno/UAV123/<seq>.txt``; the
   split sequences ``<folder>_<k>`` start where UAV123's configuration says (:data:`UAV123_START`);
 * ``nfs``: ``ROOT/<seq>/30/<seq>/%05d.jpg`` and ``ROOT/<seq>/30/<seq>.txt`` (official lines
   ``id xmin ymin xmax ymax frame ...``; when the file holds the 240 fps annotations, every 8th line
-  belongs to a 30 fps frame).
+  belongs to a 30 fps frame; a count off by one at the end is trimmed, as the got10k toolkit does).
 """
 
 from __future__ import annotations
@@ -235,18 +236,29 @@ OTB_START = {"BlurCar1": 247, "BlurCar3": 3, "BlurCar4": 18, "David": 300, "Tige
 OTB_OMIT = {"Tiger1": 5}
 
 
+def _otb_annotations(folder: Path) -> list[Path]:
+    """The non-empty box files of an OTB folder (Human4's ``groundtruth_rect.1.txt`` is empty)."""
+    files = [folder / "groundtruth_rect.txt", *(folder / f"groundtruth_rect.{k}.txt" for k in (1, 2))]
+    return [f for f in files if f.is_file() and f.read_text().strip()]
+
+
 def _otb_names(root: Path) -> list[str]:
     names = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (folder / "groundtruth_rect.txt").is_file():
-            names.append(folder.name)
-        names += [f"{folder.name}-{k}" for k in (1, 2) if (folder / f"groundtruth_rect.{k}.txt").is_file()]
+        count = len(_otb_annotations(folder))
+        names += [folder.name] if count == 1 else [f"{folder.name}-{k}" for k in range(1, count + 1)]
     return names
 
 
 def _otb_load(root: Path, name: str) -> SotSequence:
     base, _, target = name.partition("-")
-    gt = root / base / (f"groundtruth_rect.{target}.txt" if target else "groundtruth_rect.txt")
+    annotations = _otb_annotations(root / base)
+    if target:
+        gt = root / base / f"groundtruth_rect.{target}.txt"
+    elif len(annotations) == 1:
+        gt = annotations[0]
+    else:
+        gt = root / base / "groundtruth_rect.txt"
     boxes = read_boxes(gt, name)[OTB_OMIT.get(base, 0) :]
     folder = root / base / "img"
     digits = len(next(iter(sorted(folder.glob("*.jpg"))), Path("0000.jpg")).stem)
@@ -297,8 +309,10 @@ def _nfs_load(root: Path, name: str) -> SotSequence:
         rows = [[float(v) for v in parts[1:5]] for parts in lines]
     except (OSError, ValueError) as error:
         raise SotInputError(f"sequence {name!r}: cannot read NfS annotation {anno}: {error}") from error
-    if len(rows) > len(frames):  # the 240 fps annotations: frame k of 30 fps is line 8k
-        rows = rows[::8][: len(frames)]
+    if len(rows) != len(frames) and abs(len(rows) / len(frames) - 8) < 1:
+        rows = rows[::8]  # the 240 fps annotations: frame k of 30 fps is line 8k
+    if 0 < abs(len(rows) - len(frames)) <= 1:  # off by one at the end, as the got10k toolkit allows
+        rows, frames = rows[: len(frames)], frames[: len(rows)]
     xyxy = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
     boxes = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
     _check_count(name, frames, boxes, anno)
