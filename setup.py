@@ -29,6 +29,8 @@ EXTRAS = {
         "ipykernel>=6.0",
         "matplotlib>=3.7",
         "selenium>=4.11",
+        # tests/test_sot.py: GOT-10k val's AO / SR must equal the official toolkit's
+        "got10k>=0.1.3",
     ],
     # the web demo: Gradio is this field's demo convention; matplotlib draws the pathway plot
     "demo": ["gradio>=6.0", "matplotlib>=3.7"],
@@ -48,6 +50,8 @@ EXTRAS = {
         # the TraX protocol library (`trax` module) our tracker command serves with
         "vot-trax>=4",
     ],
+    # box-tracking evaluation (sam2long eval sot): the success and precision plots
+    "sot": ["matplotlib>=3.7"],
 }
 
 setup(

@@ -4,12 +4,13 @@ Subcommands::
 
     sam2long segment VIDEO --prompts prompts.json --out out/      one video -> masks, overlay, RLE
     sam2long vos ...                                             dataset inference (= sam2long-vos)
-    sam2long eval sav|lvos ...                                   the SA-V / LVOS / DAVIS evaluators
+    sam2long sot ...                                             box-tracking benchmarks (LaSOT, GOT-10k, ...)
+    sam2long eval sav|lvos|sot ...                               the SA-V / LVOS / DAVIS / box-tracking evaluators
     sam2long download [NAMES...|--all]                           fetch checkpoints into the cache
     sam2long demo                                                the Gradio web demo ([demo] extra)
 
 Each subcommand is a thin shell over library code (:mod:`sam2long.segment`, :mod:`sam2long.vos`,
-:mod:`sav_dataset`, :mod:`sam2long.models`).
+:mod:`sam2long.sot`, :mod:`sav_dataset`, :mod:`sam2long.models`).
 """
 
 from __future__ import annotations
@@ -553,6 +554,18 @@ def _vos_main(argv: list[str]) -> Any:
     return vos_main(argv)
 
 
+def _sot_main(argv: list[str]) -> Any:
+    from sam2long.sot.cli import main as sot_main
+
+    return sot_main(argv)
+
+
+def _sot_eval_main(argv: list[str]) -> Any:
+    from sam2long.sot.cli import eval_main
+
+    return eval_main(argv)
+
+
 def _download_main(argv: list[str]) -> Any:
     from sam2long.models import download_main
 
@@ -580,10 +593,11 @@ def _lvos_main(argv: list[str]) -> Any:
 # Subcommands that hand their arguments to another entry point unchanged (imported when called).
 _PASSTHROUGH = {
     "vos": ("dataset VOS inference (sam2long vos --help)", _vos_main),
+    "sot": ("box-tracking benchmark inference (sam2long sot --help)", _sot_main),
     "download": ("download checkpoints by model name (sam2long download --help)", _download_main),
     "demo": ("interactive web demo, Gradio (sam2long demo --help)", _demo_main),
 }
-_EVALUATORS = {"sav": _sav_main, "lvos": _lvos_main}
+_EVALUATORS = {"sav": _sav_main, "lvos": _lvos_main, "sot": _sot_eval_main}
 
 
 def _plain(text: str) -> str:
@@ -601,7 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, _) in _PASSTHROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False)
     sub.add_parser(
-        "eval", help="evaluate predictions: sam2long eval sav|lvos ... (SA-V, LVOS, DAVIS)", add_help=False
+        "eval",
+        help="evaluate predictions: sam2long eval sav|lvos|sot ... (SA-V, LVOS, DAVIS, box tracking)",
+        add_help=False,
     )
     return parser
 
@@ -614,7 +630,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(_PASSTHROUGH[argv[0]][1](argv[1:]) or 0)
     if argv and argv[0] == "eval":
         if len(argv) < 2 or argv[1] not in _EVALUATORS:
-            parser.error(f"eval needs one of {sorted(_EVALUATORS)}: sam2long eval sav|lvos --help")
+            parser.error(f"eval needs one of {sorted(_EVALUATORS)}: sam2long eval sav|lvos|sot --help")
         return int(_EVALUATORS[argv[1]](argv[2:]) or 0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

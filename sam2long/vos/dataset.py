@@ -329,10 +329,14 @@ class DoneMarkers:
         files = marker.get("files")
         if not isinstance(files, list) or not files:
             return None
-        video_dir = self.output_dir / video
+        video_dir = self.files_dir(video)
         if not all((video_dir / name).is_file() for name in files):
             return None
         return marker
+
+    def files_dir(self, video: str) -> Path:
+        """The folder the marker's file names are relative to (a layout may share one folder)."""
+        return self.output_dir / video
 
     def clear(self, video: str) -> None:
         self.path(video).unlink(missing_ok=True)
