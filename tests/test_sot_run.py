@@ -202,3 +202,20 @@ def test_tree_flags_are_refused_with_sam2(present: Path, lasot: Path, tmp_path: 
         run(flags(present, "lasot", lasot, tmp_path / "x", "--tracker", "sam2", "--num_pathway", "3"))
     assert exit_info.value.code == 2
     assert "--tracker sam2 takes no SAM2Long tree flags" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tracker", ["samurai", "dam4sam"])
+def test_samurai_and_dam4sam_run_the_benchmark(tracker: str, present: Path, lasot: Path, tmp_path: Path):
+    """The training-free box trackers by name, with their presets (DAM4SAM turns the box into a mask)."""
+    out = tmp_path / tracker
+    assert run(flags(present, "lasot", lasot, out, "--tracker", tracker, "--seq_list", str(_one(tmp_path)))) == 0
+    boxes = read_result(out, "txt", "cat-1")
+    assert boxes.shape == (SEQUENCES["cat-1"], 4) and (boxes[1:, 2:] > 0).all()
+    summary = json.loads((out.parent / f"{tracker}.state" / "summary.json").read_text())
+    assert summary["settings"]["tracker"] == tracker and summary["settings"]["preset"] == tracker
+
+
+def _one(tmp_path: Path) -> Path:
+    listed = tmp_path / "list.txt"
+    listed.write_text("cat-1\n")
+    return listed
