@@ -357,26 +357,10 @@ def _warn_outside(prompts: Sequence, frames: range, max_frames: Optional[int]) -
 def _tracker_spec(args: argparse.Namespace, config_file: str, checkpoint: str, live: bool):
     """The :class:`~sam2long.tracker_spec.TrackerSpec` of a segment run (post-processing on, ``--dtype``);
     on a live stream SAM2Long's ``max_lag`` defaults to ``--live_max_lag``."""
-    import dataclasses
+    from sam2long.tracker_spec import spec_from_args
 
-    from sam2long.config import config_from_args
-    from sam2long.tracker_spec import TrackerSpec
-
-    def sam2long_config(preset):
-        config = config_from_args(args, preset)
-        if live and config.max_lag is None:
-            config = dataclasses.replace(config, max_lag=args.live_max_lag)
-        return config
-
-    return TrackerSpec.create(
-        args.tracker,
-        config_file,
-        checkpoint,
-        sam2long_config,
-        args.preset,
-        hydra_overrides=tuple(args.hydra_overrides),
-        apply_postprocessing=True,
-        dtype=args.dtype,
+    return spec_from_args(
+        args, config_file, checkpoint, args.live_max_lag if live else None, apply_postprocessing=True
     )
 
 

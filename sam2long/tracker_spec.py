@@ -178,3 +178,30 @@ class TrackerSpec:
             dtype=self.dtype,
             **settings,
         )
+
+
+def spec_from_args(
+    args: Any, config_file: str, checkpoint: str, default_max_lag: Optional[int] = None, **options: Any
+) -> TrackerSpec:
+    """The :class:`TrackerSpec` of a command line: ``--tracker``, ``--preset`` and the tree flags
+    (:func:`sam2long.config.add_config_arguments`), ``--hydra_overrides``, ``--dtype``. ``default_max_lag``
+    (live runs, where outputs must come out) applies when ``--max_lag`` was not given; ``options`` go to
+    :class:`TrackerSpec` (``apply_postprocessing``, ``vos_optimized``)."""
+    from sam2long.config import config_from_args
+
+    def tree_config(preset: Optional[str]) -> SAM2LongConfig:
+        config = config_from_args(args, preset)
+        if default_max_lag is not None and getattr(args, "max_lag", None) is None:  # --no_max_lag: False
+            config = dataclasses.replace(config, max_lag=default_max_lag)
+        return config
+
+    return TrackerSpec.create(
+        args.tracker,
+        config_file,
+        checkpoint,
+        tree_config,
+        args.preset,
+        hydra_overrides=tuple(args.hydra_overrides),
+        dtype=args.dtype,
+        **options,
+    )

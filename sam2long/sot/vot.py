@@ -21,7 +21,6 @@ cannot change an answer already sent.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import os
 import queue
@@ -395,25 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _spec(args: argparse.Namespace, config_file: str, checkpoint: str) -> Any:
-    from sam2long.config import config_from_args
-    from sam2long.tracker_spec import TrackerSpec
+    from sam2long.tracker_spec import spec_from_args
 
-    def sam2long_config() -> Any:
-        config = config_from_args(args)
-        if args.max_lag is None:  # not given (--no_max_lag stores False: exact, no forced decision)
-            config = dataclasses.replace(config, max_lag=DEFAULT_MAX_LAG)
-        return config
-
-    return TrackerSpec.create(
-        args.tracker,
-        config_file,
-        checkpoint,
-        sam2long_config,
-        args.preset,
-        hydra_overrides=tuple(args.hydra_overrides),
-        apply_postprocessing=True,
-        dtype=args.dtype,
-    )
+    return spec_from_args(args, config_file, checkpoint, DEFAULT_MAX_LAG, apply_postprocessing=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from sam2.build_sam import default_device
 from sam2.precision import add_dtype_argument, resolve_precision
-from sam2long.config import SAM2LongConfig, add_config_arguments, config_from_args
-from sam2long.tracker_spec import TRACKERS, TrackerSpec
+from sam2long.config import SAM2LongConfig, add_config_arguments
+from sam2long.tracker_spec import TRACKERS, TrackerSpec, spec_from_args
 from sam2long.vos.dataset import DoneMarkers, VosInputError, list_video_names, resolve_shards, shard_of
 from sam2long.vos.run import LOGGER, RunOptions, Summary, run_dataset, summary_path
 
@@ -172,16 +172,12 @@ def resolve_tracker(args: argparse.Namespace, tree_flags: Sequence[str] = ()) ->
         )
     if args.tracker != "sam2" and args.use_vos_optimized_video_predictor:
         raise ValueError("--use_vos_optimized_video_predictor is only available with --tracker sam2")
-    return TrackerSpec.create(
-        args.tracker,
+    return spec_from_args(
+        args,
         args.sam2_cfg,
         args.sam2_checkpoint,
-        lambda preset: config_from_args(args, preset),
-        args.preset,
-        hydra_overrides=tuple(args.hydra_overrides),
         apply_postprocessing=args.apply_postprocessing,
         vos_optimized=args.use_vos_optimized_video_predictor,
-        dtype=args.dtype,
     )
 
 
