@@ -210,7 +210,7 @@ def test_max_lag_bounds_latency(ckpt: Path, frames: Path, monkeypatch: pytest.Mo
     """Pathways that never coalesce delay every frame to the end of the exact search; max_lag=1 still
     emits each frame at most one frame late."""
 
-    def separate_lineages(tree, step, iou, obj_logit, uncertainty, eps=1e-5, score=None, motion=None):
+    def separate_lineages(tree, step, iou, obj_logit, uncertainty, eps=1e-5, *_):
         # Pathway p takes candidate p once, then candidate 0 of itself: lineages never merge.
         P = tree.num_pathways
         first = len(set(tree.pathway_nodes)) == 1
