@@ -34,6 +34,10 @@ TREE_TRACKERS: dict[str, Optional[str]] = {
 }
 """Trackers built on the pathway tree, and the preset each one's settings default to."""
 TRACKERS: tuple[str, ...] = ("sam2", *TREE_TRACKERS)
+OFFICIALLY_POSTPROCESSED = frozenset({"samurai", "dam4sam", "sam2long-samurai", "sam2long-dam4sam"})
+"""Trackers whose official code builds SAM 2 with its post-processing (dynamic multimask on single-mask
+prompts such as a box, binarized prompt memories, hole filling): SAMURAI's and DAM4SAM's scripts do.
+Benchmark runs follow it unless told otherwise; SAM 2's and SAM2Long's evaluation scripts turn it off."""
 
 
 def check_tracker(tracker: str) -> None:

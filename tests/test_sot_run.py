@@ -187,6 +187,7 @@ def test_sam2long_on_got10k_layout_and_the_empty_mask_rule(
     assert np.loadtxt(out / "GOT-10k_Val_000001" / "GOT-10k_Val_000001_time.txt").shape == (4,)
     summary = json.loads((tmp_path / "sam2long.state" / "summary.json").read_text())
     assert summary["settings"]["tracker"] == "sam2long" and summary["settings"]["num_pathways"] == 2
+    assert summary["settings"]["apply_postprocessing"] is False, "as SAM 2's and SAM2Long's evaluations"
     assert summary["videos"]["GOT-10k_Val_000001"]["empty_frames"] == 3
     assert (
         sam2long_main(
@@ -213,6 +214,7 @@ def test_samurai_and_dam4sam_run_the_benchmark(tracker: str, present: Path, laso
     assert boxes.shape == (SEQUENCES["cat-1"], 4) and (boxes[1:, 2:] > 0).all()
     summary = json.loads((out.parent / f"{tracker}.state" / "summary.json").read_text())
     assert summary["settings"]["tracker"] == tracker and summary["settings"]["preset"] == tracker
+    assert summary["settings"]["apply_postprocessing"] is True, "as their official scripts"
 
 
 def _one(tmp_path: Path) -> Path:

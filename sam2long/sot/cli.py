@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--tracker", choices=TRACKERS, default="sam2long", help="the tracker (default: %(default)s)"
     )
+    model.add_argument(
+        "--apply_postprocessing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="SAM 2's post-processing (default: on for the trackers whose official code uses it, "
+        "samurai and dam4sam and their combinations; off for sam2 and sam2long, as their evaluations)",
+    )
     add_config_arguments(parser.add_argument_group("SAM2Long memory tree (--tracker sam2long)"))
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="the benchmark")
@@ -78,15 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _tracker(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Optional[Sequence[str]]):
     """The run's :class:`~sam2long.tracker_spec.TrackerSpec`, checked as ``sam2long-vos`` checks it."""
     from sam2long.models import model_files_from_args
+    from sam2long.tracker_spec import OFFICIALLY_POSTPROCESSED
     from sam2long.vos.cli import given_tree_flags, resolve_tracker
 
     config, checkpoint, _ = model_files_from_args(args)
+    postprocessing = args.apply_postprocessing
+    if postprocessing is None:
+        postprocessing = args.tracker in OFFICIALLY_POSTPROCESSED
+    values = {**vars(args), "apply_postprocessing": postprocessing}
     settings = argparse.Namespace(
-        **vars(args),
-        sam2_cfg=config,
-        sam2_checkpoint=checkpoint,
-        apply_postprocessing=False,
-        use_vos_optimized_video_predictor=False,
+        **values, sam2_cfg=config, sam2_checkpoint=checkpoint, use_vos_optimized_video_predictor=False
     )
     return resolve_tracker(settings, given_tree_flags(parser, argv))
 
