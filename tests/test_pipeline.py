@@ -276,19 +276,22 @@ def test_live_pass_aborts_its_overlay_on_an_error(tmp_path: Path) -> None:
 
 
 def test_tracker_spec_builds_both_trackers_by_name() -> None:
-    sam2long = TrackerSpec.create("sam2long", "cfg.yaml", "ckpt.pt", lambda: SAM2LongConfig(num_pathways=2))
+    sam2long = TrackerSpec.create("sam2long", "cfg.yaml", "ckpt.pt", lambda preset: SAM2LongConfig(num_pathways=2))
     assert sam2long.sam2long_config.num_pathways == 2 and sam2long.label() == "SAM2Long, 2 pathways"
     assert sam2long.max_lag is None and sam2long.describe()["num_pathways"] == 2
 
-    def not_read() -> SAM2LongConfig:
+    def not_read(preset) -> SAM2LongConfig:
         raise AssertionError("SAM 2 takes no SAM2Long settings")
 
     sam2 = TrackerSpec.create("sam2", "cfg.yaml", "ckpt.pt", not_read, "paper")
     assert sam2 == sam2long.sam2_baseline() and sam2.describe() == {"tracker": "sam2", "preset": None}
     assert sam2.max_lag == 0 and sam2.label() == "SAM 2"
+    samurai = TrackerSpec.create("samurai", "cfg.yaml", "ckpt.pt", SAM2LongConfig.resolve)
+    assert samurai.preset == "samurai" and samurai.sam2long_config == SAM2LongConfig.from_preset("samurai")
+    assert samurai.label() == "SAMURAI, 1 pathway"
     with pytest.raises(ValueError, match="unknown tracker 'sam3'"):
-        TrackerSpec.create("sam3", "cfg.yaml", "ckpt.pt", SAM2LongConfig)
-    with pytest.raises(ValueError, match="exactly with the sam2long tracker"):
+        TrackerSpec.create("sam3", "cfg.yaml", "ckpt.pt", SAM2LongConfig.resolve)
+    with pytest.raises(ValueError, match="exactly with the tree trackers"):
         TrackerSpec("sam2", "cfg.yaml", "ckpt.pt", SAM2LongConfig())
 
 

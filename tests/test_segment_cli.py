@@ -315,7 +315,7 @@ def test_help_is_plain_text_and_explains_the_options(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["segment", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--tracker {sam2,sam2long} sam2long (the memory tree, the default) or sam2 (plain SAM 2)" in text
+    assert "--tracker {sam2,sam2long,samurai,sam2long-samurai,dam4sam,sam2long-dam4sam} sam2long (the memory tree" in text
     assert "--max_frames N track at most N frames, from the earliest prompted frame forwards" in text
     assert "Every output and summary.json cover the tracked frames only" in text
     assert "not with --config" in text
