@@ -211,7 +211,7 @@ def _live_masks(checkpoint: Path, folder: Path) -> dict[int, np.ndarray]:
     from sam2long.tracker_spec import TrackerSpec
 
     spec = TrackerSpec.create(
-        "sam2", CFG, str(checkpoint), lambda: None, hydra_overrides=(OVERRIDE,), apply_postprocessing=True
+        "sam2", CFG, str(checkpoint), lambda preset: None, hydra_overrides=(OVERRIDE,), apply_postprocessing=True
     )
     predictor = spec.build("cpu", non_overlap_masks=False)
     capture = QueueCapture()
@@ -314,7 +314,7 @@ def test_sam2long_answers_each_frame_before_its_pathways_agree(checkpoint: Path,
 
     monkeypatch.setattr(vot.Answers, "final", final)
     spec = TrackerSpec.create(
-        "sam2long", CFG, str(checkpoint), lambda: SAM2LongConfig(num_pathways=2), hydra_overrides=(OVERRIDE,)
+        "sam2long", CFG, str(checkpoint), lambda preset: SAM2LongConfig(num_pathways=2), hydra_overrides=(OVERRIDE,)
     )
     predictor = spec.build("cpu", non_overlap_masks=False)
     ended_by = vot.run_session(server, predictor, init, "auto")
@@ -366,7 +366,7 @@ def test_each_initialize_request_starts_a_new_session(checkpoint: Path) -> None:
     first, first_frames = _requests(0, 3)
     second, second_frames = _requests(2, 5)
     server = FakeServer([*first_frames, second, *second_frames, Request(TraxStatus.QUIT, None, None, {})])
-    spec = TrackerSpec.create("sam2", CFG, str(checkpoint), lambda: None, hydra_overrides=(OVERRIDE,))
+    spec = TrackerSpec.create("sam2", CFG, str(checkpoint), lambda preset: None, hydra_overrides=(OVERRIDE,))
     predictor = spec.build("cpu", non_overlap_masks=False)
     assert vot.run_session(server, predictor, first, "auto") is second
     assert len(server.statuses) == 3
