@@ -132,3 +132,4 @@ def test_dam4sam_reproduces_the_official_tracker(tmp_path: Path) -> None:
             added.append(frame)
         assert _mask_iou(masks[frame], golden.masks[frame]) >= MIN_IOU, f"frame {frame}: mask"
     assert added == golden.manifest["summary"]["drm_additions"] and added, "the DRM was filled as officially"
+    assert tracked[tg.NUM_FRAMES - 1].extras["distractor"][0]["drm_frames"] == added, "the pathway keeps them"
