@@ -156,12 +156,16 @@ def _ref(record: FrameRecord, position: int) -> MemoryRef:
     return MemoryRef(step=record.step, node=record.node, position=position, obj_logit=record.obj_logit)
 
 
-def _plan_selected(
-    history: Sequence[FrameRecord], num_maskmem: int, budget: int, iou_threshold: float
-) -> MemoryPlan:
+def _keep_reliable(
+    history: Sequence[FrameRecord], budget: int, reliable: Callable[[FrameRecord], bool], first_step: int = -1
+) -> list[FrameRecord]:
+    """The official walk back from the latest frame: keep reliable frames (not before ``first_step``)
+    until ``M - 1`` are kept, then always add the latest frame; oldest first."""
     kept: list[FrameRecord] = []
     for record in reversed(history):
-        if is_reliable(record, iou_threshold):
+        if record.step < first_step:
+            break
+        if reliable(record):
             kept.append(record)
         if len(kept) >= budget - 1:
             break
@@ -169,13 +173,21 @@ def _plan_selected(
     latest = history[-1]
     if not kept or kept[-1].step != latest.step:
         kept.append(latest)
+    return kept
 
-    spatial = []
-    for rank in range(min(num_maskmem - 1, len(kept)), 0, -1):
-        spatial.append(_ref(kept[-rank], num_maskmem - rank))
+
+def _spatial_by_rank(kept: list[FrameRecord], num_maskmem: int) -> tuple[MemoryRef, ...]:
+    """The last ``num_maskmem - 1`` kept frames, ``t_pos`` by rank (the latest is the newest slot)."""
+    return tuple(_ref(kept[-rank], num_maskmem - rank) for rank in range(min(num_maskmem - 1, len(kept)), 0, -1))
+
+
+def _plan_selected(
+    history: Sequence[FrameRecord], num_maskmem: int, budget: int, iou_threshold: float
+) -> MemoryPlan:
+    kept = _keep_reliable(history, budget, lambda record: is_reliable(record, iou_threshold))
     num_ptrs = max(0, min(len(kept) - 1, budget - 1))
     pointers = [_ref(kept[-t_diff], t_diff) for t_diff in range(1, num_ptrs + 1)]
-    return MemoryPlan(kept=tuple(kept), spatial=tuple(spatial), pointers=tuple(pointers))
+    return MemoryPlan(kept=tuple(kept), spatial=_spatial_by_rank(kept, num_maskmem), pointers=tuple(pointers))
 
 
 def _plan_samurai(
@@ -187,24 +199,13 @@ def _plan_samurai(
     motion_threshold: float,
     first_step: int,
 ) -> MemoryPlan:
-    """SAMURAI: walk back from the latest frame keeping reliable ones (IoU, object, motion) until
-    ``M - 1`` are kept, add the latest; spatial memory = the last ``num_maskmem - 1`` kept by rank;
-    pointers = SAM 2's most recent frames."""
-    kept: list[FrameRecord] = []
-    for record in reversed(history):
-        if record.step < first_step + 2:
-            break
-        if is_reliable(record, iou_threshold, motion_threshold):
-            kept.append(record)
-        if len(kept) >= budget - 1:
-            break
-    kept.reverse()
-    latest = history[-1]
-    if not kept or kept[-1].step != latest.step:
-        kept.append(latest)
-    spatial = [_ref(kept[-rank], num_maskmem - rank) for rank in range(min(num_maskmem - 1, len(kept)), 0, -1)]
+    """SAMURAI: SAM2Long's walk back with the motion score in the test and from the second tracked frame
+    on; pointers = SAM 2's most recent frames."""
+    kept = _keep_reliable(
+        history, budget, lambda record: is_reliable(record, iou_threshold, motion_threshold), first_step + 2
+    )
     pointers = _plan_recent(history, step, num_maskmem, budget).pointers
-    return MemoryPlan(kept=tuple(kept), spatial=tuple(spatial), pointers=pointers)
+    return MemoryPlan(kept=tuple(kept), spatial=_spatial_by_rank(kept, num_maskmem), pointers=pointers)
 
 
 def _plan_recent(history: Sequence[FrameRecord], step: int, num_maskmem: int, budget: int) -> MemoryPlan:
