@@ -106,22 +106,22 @@ class Addition:
 
 def should_add(
     config: DistractorConfig,
-    chosen: np.ndarray,
-    alternatives: Callable[[], Sequence[np.ndarray]],
+    area: int,
+    masks: Callable[[], tuple[np.ndarray, Sequence[np.ndarray]]],
     iou: float,
     size_ratio: float,
     frames_since_added: Optional[int],
 ) -> Addition:
-    """DAM4SAM's rule for one tracked frame. ``chosen`` is the output mask (video resolution, boolean),
-    ``alternatives`` gives the other candidates' masks (called only when the cheap gates pass),
-    ``frames_since_added`` is None before the first addition."""
+    """DAM4SAM's rule for one tracked frame. ``area`` is the output mask's pixel count; ``masks`` gives
+    the output mask and the other candidates' masks (video resolution, boolean), read only when the
+    cheap gates pass; ``frames_since_added`` is None before the first addition."""
     low, high = config.size_ratio
-    area = int(chosen.sum())
     gap_ok = frames_since_added is None or frames_since_added > config.min_gap
     if not (iou > config.min_iou and low <= size_ratio <= high and area >= 1 and gap_ok):
         return Addition(False, size_ratio)
+    chosen, alternatives = masks()
     chosen_box = mask_box(chosen)
-    extensions = [alt & ~chosen for alt in alternatives()]
+    extensions = [alt & ~chosen for alt in alternatives]
     unions = [largest_component(ext) | chosen for ext in extensions if ext.sum() >= 1]
     if not unions:
         return Addition(False, size_ratio)

@@ -178,18 +178,18 @@ class DistractorMemory:
         for c, row, memory in zip(created, rows, memories):
             parent = self.row_states[row]
             low_res = model.postprocess_masks(memory.pred_masks)
-            chosen = (model.video_res_masks(session, low_res) > 0)[0, 0].cpu().numpy()
-            area = int(chosen.sum())
+            chosen = model.video_res_masks(session, low_res)[0, 0] > 0
+            area = int(chosen.sum())  # the one number every frame needs on the host
             sizes = parent.sizes.add(area, config)
             ratio = sizes.ratio(area)
             since = None if parent.last_added is None else frame - parent.last_added
 
-            def alternatives(row: int = row, chosen_candidate: int = c.candidate) -> list:
-                others = [k for k in range(candidate_masks.size(1)) if k != chosen_candidate]
+            def masks(row: int = row, candidate: int = c.candidate, chosen: Tensor = chosen) -> tuple:
+                others = [k for k in range(candidate_masks.size(1)) if k != candidate]
                 video = model.video_res_masks(session, candidate_masks[row, others].unsqueeze(1))
-                return list((video[:, 0] > 0).cpu().numpy())
+                return chosen.cpu().numpy(), list((video[:, 0] > 0).cpu().numpy())
 
-            addition = should_add(config, chosen, alternatives, c.iou, ratio, since)
+            addition = should_add(config, area, masks, c.iou, ratio, since)
             state = replace(parent, sizes=sizes)
             if addition.added:
                 features = model.encode_mask_memory(session, frame, low_res, memory.object_score_logits)

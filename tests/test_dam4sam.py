@@ -80,21 +80,23 @@ def test_should_add_needs_every_gate_and_a_distracting_alternative() -> None:
     distractor = chosen | _blob((25, 5, 34, 14))  # the chosen object plus a look-alike
     same = chosen | _blob((15, 5, 15, 14))  # one more column: the box barely moves
     calls = []
+    area = int(chosen.sum())
 
-    def alts():
+    def masks():
         calls.append(1)
-        return [distractor, same]
+        return chosen, [distractor, same]
 
-    added = should_add(config, chosen, alts, iou=0.9, size_ratio=1.0, frames_since_added=None)
+    added = should_add(config, area, masks, iou=0.9, size_ratio=1.0, frames_since_added=None)
     assert added.added and min(added.box_ious) <= 0.7 and max(added.box_ious) > 0.7
-    assert not should_add(config, chosen, lambda: [same], 0.9, 1.0, None).added
-    assert not should_add(config, chosen, alts, 0.8, 1.0, None).added, "IoU must exceed 0.8"
-    assert not should_add(config, chosen, alts, 0.9, 1.25, None).added, "the object changed size"
-    assert not should_add(config, chosen, alts, 0.9, 1.0, 5).added, "too soon after the last addition"
-    assert should_add(config, chosen, alts, 0.9, 1.0, 6).added
+    assert not should_add(config, area, lambda: (chosen, [same]), 0.9, 1.0, None).added
+    assert not should_add(config, area, masks, 0.8, 1.0, None).added, "IoU must exceed 0.8"
+    assert not should_add(config, area, masks, 0.9, 1.25, None).added, "the object changed size"
+    assert not should_add(config, area, masks, 0.9, 1.0, 5).added, "too soon after the last addition"
+    assert not should_add(config, 0, masks, 0.9, 1.0, None).added, "the object must be visible"
+    assert should_add(config, area, masks, 0.9, 1.0, 6).added
     calls.clear()
-    should_add(config, chosen, alts, 0.5, 1.0, None)
-    assert not calls, "alternatives are read only when the cheap gates pass"
+    should_add(config, area, masks, 0.5, 1.0, None)
+    assert not calls, "masks are read only when the cheap gates pass"
 
 
 def test_drm_selection_keeps_the_anchor_and_skips_the_adjacent_frame() -> None:

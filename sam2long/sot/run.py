@@ -30,7 +30,7 @@ from sam2long.pipeline import TrackResult, track
 from sam2long.sot.datasets import FrameFiles, SotInputError, SotSequence, load_sequence
 from sam2long.sot.results import result_files, write_result
 from sam2long.vos.dataset import DoneMarkers
-from sam2long.vos.run import PeakMemory, Summary
+from sam2long.vos.run import PeakMemory, Summary, pending
 
 LOGGER = logging.getLogger("sam2long.sot")
 EMPTY_BOX = np.zeros(4)
@@ -164,13 +164,7 @@ def run_sot(
 ) -> int:
     """Run every sequence of ``names`` not already complete for ``fingerprint``; a failing one is
     logged and recorded while the others go on. Returns 1 if any failed, else 0."""
-    todo = []
-    for name in names:
-        marker = markers.complete(name, fingerprint) if resume else None
-        if marker is None:
-            todo.append(name)
-        else:
-            summary.videos[name] = {"status": "skipped", **marker.get("stats", {})}
+    todo = pending(names, markers, fingerprint, resume, summary)
     LOGGER.info(
         "%s: %d sequences, %d already complete, %d to run",
         dataset,

@@ -236,6 +236,21 @@ class Summary:
         atomic_write_json(self.path, payload, fsync=True)
 
 
+def pending(
+    names: Sequence[str], markers: DoneMarkers, fingerprint: dict[str, Any], resume: bool, summary: Summary
+) -> list[str]:
+    """The names still to run; with ``resume``, those complete for ``fingerprint`` are recorded in the
+    summary as skipped (with the stats of their marker)."""
+    todo = []
+    for name in names:
+        marker = markers.complete(name, fingerprint) if resume else None
+        if marker is None:
+            todo.append(name)
+        else:
+            summary.videos[name] = {"status": "skipped", **marker.get("stats", {})}
+    return todo
+
+
 def run_dataset(
     names: Sequence[str],
     opts: RunOptions,
@@ -251,13 +266,7 @@ def run_dataset(
     The predictor is built only if a video is left to run. One bad video does not stop the
     others: it is logged and recorded as failed. Returns the exit status, 1 if any failed.
     """
-    todo = []
-    for name in names:
-        marker = markers.complete(name, fingerprint) if resume else None
-        if marker is None:
-            todo.append(name)
-        else:
-            summary.videos[name] = {"status": "skipped", **marker.get("stats", {})}
+    todo = pending(names, markers, fingerprint, resume, summary)
     LOGGER.info(
         "%s: %d videos, %d already complete, %d to run", title, len(names), len(names) - len(todo), len(todo)
     )
